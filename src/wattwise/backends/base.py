@@ -1,0 +1,103 @@
+"""The backend interface: one configured model's way of answering a chat request.
+
+A backend turns a :class:`ChatRequest` into a :class:`Completion` (or a stream of
+:class:`StreamEvent`), and maps every failure of its own into :mod:`wattwise.exceptions` at this
+boundary. Backends are found by name through the ``wattwise.backends`` entry-point group, the
+built-in ones exactly like third-party ones.
+
+Usage::
+
+    backend = MockBackend(name="m", reply="hi")
+    completion = await backend.complete(ChatRequest(messages=[{"role": "user", "content": "yo"}]))
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from wattwise.metering.energy import EnergyReading
+from wattwise.metering.usage import Usage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatRequest:
+    """What the gateway asks of a backend; ``extra`` carries other OpenAI fields through."""
+
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    logprobs: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def prompt_text(self) -> str:
+        """The text of all messages, joined; what replay looks up and the router reads."""
+        return "\n".join(_content_text(m.get("content")) for m in self.messages)
+
+    def last_user_text(self) -> str:
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return _content_text(message.get("content"))
+        return ""
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completion:
+    """A finished answer. ``cost_usd`` is set only when the backend knows the real cost."""
+
+    text: str
+    finish_reason: str = "stop"
+    usage: Usage = Usage()
+    cost_usd: float | None = None
+    energy: EnergyReading | None = None
+    logprob: float | None = None
+    score: float | None = None
+    message_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEvent:
+    """One piece of a streamed answer; the last one carries ``finish_reason`` and ``usage``."""
+
+    delta: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    energy: EnergyReading | None = None
+    score: float | None = None
+
+
+class Backend(ABC):
+    """A model backend. Subclasses set ``kind`` and implement ``complete`` and ``stream``."""
+
+    kind: str = "abstract"
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Answer in one piece."""
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Answer piece by piece; closing the iterator cancels the upstream work."""
+
+    async def aclose(self) -> None:
+        """Release connections, models and threads."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.kind}

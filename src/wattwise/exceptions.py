@@ -1,0 +1,149 @@
+"""One exception hierarchy for wattwise.
+
+Every backend error is mapped into it at the boundary, so the API layer turns any of them into
+OpenAI's error body with the right status::
+
+    WattwiseError
+    ├── ConfigError               bad config file: names the key and its line
+    ├── OutcomesError             bad outcomes file: names the file and line
+    ├── StoreError                trace store failure
+    ├── RequestError              the caller's mistake (4xx)
+    │   ├── InvalidRequest        400, a bad field
+    │   ├── ModelNotFound         404, unknown model
+    │   ├── PayloadTooLarge       413, body over the limit
+    │   └── Unprocessable         422, well-formed but cannot be served
+    └── BackendError              the upstream failed (5xx, or its own 4xx passed on)
+        ├── UpstreamError         502, upstream 5xx or broken response
+        ├── UpstreamTimeout       504
+        ├── UpstreamRejected      upstream's own 4xx (status passed through)
+        └── UnknownPrompt         404, a replay backend has no recorded answer
+
+Usage::
+
+    try:
+        ...
+    except WattwiseError as exc:
+        body = exc.to_body()   # {"error": {"message", "type", "param", "code"}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WattwiseError(Exception):
+    """Root of every error wattwise raises on purpose."""
+
+    status: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict[str, Any]:
+        """OpenAI's error body for this error."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ConfigError(WattwiseError):
+    """A config file that does not parse or validate; ``line`` is 1-based when known."""
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None,
+                 line: int | None = None) -> None:
+        where = ":".join(str(p) for p in (path, line) if p is not None)
+        text = f"{where}: {message}" if where else message
+        if key:
+            text = f"{text} (key '{key}')"
+        super().__init__(text, param=key)
+        self.path = path
+        self.key = key
+        self.line = line
+
+
+class OutcomesError(WattwiseError):
+    """An outcomes file line that is missing a field or has a bad value."""
+
+    def __init__(self, message: str, *, path: str, line: int | None = None,
+                 field: str | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}", param=field)
+        self.path = path
+        self.line = line
+        self.field = field
+
+
+class StoreError(WattwiseError):
+    """The trace store failed."""
+
+
+class RequestError(WattwiseError):
+    """The caller's mistake."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidRequest(RequestError):
+    status = 400
+    code = "invalid_value"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unprocessable(RequestError):
+    status = 422
+    code = "unprocessable"
+
+
+class BackendError(WattwiseError):
+    """The model backend failed; ``model`` names which configured model."""
+
+    status = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamError(BackendError):
+    status = 502
+
+
+class UpstreamTimeout(BackendError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRejected(BackendError):
+    """The upstream refused the request with its own 4xx; we pass its status on."""
+
+    error_type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+
+
+class UnknownPrompt(BackendError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "unknown_prompt"

@@ -1,0 +1,250 @@
+"""The gateway's core, apart from HTTP: decide, call, meter, record.
+
+Data flows one way: a validated body → a routing decision → the backend call → metering
+(usage → $, J) → one trace row. The HTTP layer in :mod:`wattwise.api` only translates.
+
+Usage::
+
+    gateway = Gateway(config=cfg, backends={"m": MockBackend(name="m")}, store=open_store("sqlite://"))
+    await gateway.start()
+    result = await gateway.complete(body, request_id="req_1")
+    await gateway.stop()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from wattwise.api.schemas import ChatBody
+from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent
+from wattwise.config import Config, ModelConfig
+from wattwise.exceptions import ModelNotFound, WattwiseError
+from wattwise.metering.energy import UNKNOWN, EnergyProfile, EnergyReading, estimate
+from wattwise.metering.pricing import Price, cost_usd
+from wattwise.metering.usage import Usage
+from wattwise.metrics import Metrics
+from wattwise.store.records import TraceRecord
+from wattwise.store.sql import TraceStore
+from wattwise.store.writer import TraceWriter
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """Which configured model serves a request, by which policy, and why."""
+
+    model: str
+    policy: str
+    reason: str
+
+
+class RoutePicker(Protocol):
+    """What the gateway needs of a router: pick one model for ``auto`` / ``auto:<policy>``."""
+
+    def pick(self, *, prompt: str, policy: str, body: ChatBody, gateway: Gateway) -> Decision: ...
+
+
+class CheapestRule:
+    """Until a trained router is configured: the model with the lowest list price, named honestly."""
+
+    def pick(self, *, prompt: str, policy: str, body: ChatBody, gateway: Gateway) -> Decision:
+        def price_key(name: str) -> float:
+            price = gateway.prices.get(name)
+            return float("inf") if price is None else price.input + price.output
+
+        model = min(gateway.backends, key=price_key)
+        return Decision(model=model, policy="rule:cheapest", reason=f"rule: cheapest list price ({model})")
+
+
+@dataclass(kw_only=True)
+class Outcome:
+    """Everything metered about one request; becomes its trace row."""
+
+    decision: Decision
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    cost_source: str = "unknown"
+    energy: EnergyReading = UNKNOWN
+    text: str = ""
+    finish_reason: str = "stop"
+    score: float | None = None
+    ttft_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def price_of(spec: ModelConfig) -> Price | None:
+    if spec.price is None:
+        return None
+    p = spec.price
+    return Price(input=p.input, output=p.output, cached_input=p.cached_input, reasoning=p.reasoning)
+
+
+def profile_of(spec: ModelConfig) -> EnergyProfile | None:
+    if spec.energy is None:
+        return None
+    e = spec.energy
+    return EnergyProfile(joules_per_input_token=e.joules_per_input_token,
+                         joules_per_output_token=e.joules_per_output_token, watts=e.watts)
+
+
+class Gateway:
+    """Routes, calls, meters and records chat requests over the configured backends."""
+
+    def __init__(self, *, config: Config, backends: dict[str, Backend], store: TraceStore,
+                 router: RoutePicker | None = None, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.backends = backends
+        self.store = store
+        self.router: RoutePicker = router or CheapestRule()
+        self.metrics = metrics or Metrics()
+        self.prices = {name: price_of(spec) for name, spec in config.models.items() if name in backends}
+        self.profiles = {name: profile_of(spec) for name, spec in config.models.items() if name in backends}
+        self.writer = TraceWriter(store=store, batch_size=config.store.batch_size,
+                                  flush_interval_s=config.store.flush_interval_s)
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        self.writer.start()
+
+    async def stop(self) -> None:
+        self.writer.close()
+        for backend in self.backends.values():
+            await backend.aclose()
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def decide(self, body: ChatBody, prompt: str) -> Decision:
+        name = body.model
+        if name in self.backends:
+            return Decision(model=name, policy="direct", reason="requested")
+        if name == "auto" or name.startswith("auto:"):
+            policy = name.partition(":")[2] or self.config.router.default_policy
+            return self.router.pick(prompt=prompt, policy=policy, body=body, gateway=self)
+        raise ModelNotFound(f"The model '{name}' does not exist; see GET /v1/models", param="model")
+
+    def backend_request(self, body: ChatBody) -> ChatRequest:
+        return ChatRequest(messages=[m.model_dump(exclude_none=True) for m in body.messages],
+                           max_tokens=body.output_limit(), temperature=body.temperature, top_p=body.top_p,
+                           stop=body.stop_list(), seed=body.seed, logprobs=body.logprobs,
+                           extra=body.passthrough())
+
+    # -- metering ------------------------------------------------------------------------------
+
+    def meter(self, outcome: Outcome, *, usage: Usage, recorded_cost: float | None,
+              energy: EnergyReading | None, busy_s: float) -> None:
+        model = outcome.decision.model
+        outcome.usage = usage
+        if recorded_cost is not None:
+            outcome.cost_usd, outcome.cost_source = recorded_cost, "recorded"
+        elif (price := self.prices.get(model)) is not None:
+            outcome.cost_usd, outcome.cost_source = cost_usd(price, usage), "priced"
+        outcome.energy = energy or estimate(self.profiles.get(model), usage, busy_s=busy_s)
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def begin(self, body: ChatBody, *, request_id: str, tag: str | None) -> Call:
+        return Call(gateway=self, body=body, request_id=request_id, tag=tag)
+
+    def record(self, call: Call, outcome: Outcome | None, *, status: str, http_status: int,
+               error: str | None) -> None:
+        latency = time.perf_counter() - call.t0
+        decision = outcome.decision if outcome else None
+        usage = outcome.usage if outcome else None
+        store_content = self.config.store.store_content
+        record = TraceRecord(
+            id=call.request_id, ts=call.ts, requested_model=call.body.model, tag=call.tag,
+            model=decision.model if decision else None,
+            route_policy=decision.policy if decision else None,
+            route_reason=decision.reason if decision else None, stream=call.body.stream,
+            messages=json.dumps(call.request.messages, ensure_ascii=False) if store_content else None,
+            response=outcome.text if (outcome and store_content) else None,
+            prompt_hash=hashlib.sha256(call.prompt.encode()).hexdigest()[:32],
+            input_tokens=usage.input_tokens if usage else None,
+            cached_input_tokens=usage.cached_input_tokens if usage else None,
+            output_tokens=usage.output_tokens if usage else None,
+            reasoning_tokens=usage.reasoning_tokens if usage else None,
+            cost_usd=outcome.cost_usd if outcome else None,
+            cost_source=outcome.cost_source if outcome else "unknown",
+            energy_j=outcome.energy.joules if outcome else None,
+            energy_source=outcome.energy.source if outcome else "unknown",
+            ttft_s=outcome.ttft_s if outcome else None, latency_s=latency, status=status,
+            http_status=http_status, error=error, score=outcome.score if outcome else None,
+        )
+        self.writer.submit(record)
+        self.metrics.observe(model=record.model or "none", status=status, usage=usage,
+                             cost=record.cost_usd, energy=outcome.energy if outcome else None,
+                             latency_s=latency, ttft_s=record.ttft_s)
+
+
+class Call:
+    """One request's life: decide, run, meter; it writes its trace row exactly once."""
+
+    def __init__(self, *, gateway: Gateway, body: ChatBody, request_id: str, tag: str | None) -> None:
+        self.gateway = gateway
+        self.body = body
+        self.request_id = request_id
+        self.tag = tag
+        self.ts = time.time()
+        self.t0 = time.perf_counter()
+        self.request = gateway.backend_request(body)
+        self.prompt = self.request.prompt_text()
+        self.outcome: Outcome | None = None
+        self.parts: list[str] = []
+        self._recorded = False
+
+    def decide(self) -> Decision:
+        decision = self.gateway.decide(self.body, self.prompt)
+        self.outcome = Outcome(decision=decision)
+        return decision
+
+    def finish(self, *, status: str = "ok", http_status: int = 200, error: str | None = None) -> None:
+        if not self._recorded:
+            self._recorded = True
+            if self.outcome is not None and self.parts:
+                self.outcome.text = "".join(self.parts)
+            self.gateway.record(self, self.outcome, status=status, http_status=http_status, error=error)
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, WattwiseError):
+            self.finish(status="error", http_status=exc.status, error=exc.message)
+        else:
+            self.finish(status="error", http_status=500, error=f"{type(exc).__name__}: {exc}")
+
+    def backend(self) -> Backend:
+        assert self.outcome is not None
+        return self.gateway.backends[self.outcome.decision.model]
+
+    async def complete(self) -> Outcome:
+        self.decide()
+        assert self.outcome is not None
+        started = time.perf_counter()
+        done: Completion = await self.backend().complete(self.request)
+        self.gateway.meter(self.outcome, usage=done.usage, recorded_cost=done.cost_usd,
+                           energy=done.energy, busy_s=time.perf_counter() - started)
+        self.outcome.text = done.text
+        self.outcome.finish_reason = done.finish_reason
+        self.outcome.score = done.score
+        self.outcome.extra = done.message_extra
+        return self.outcome
+
+    async def stream(self) -> AsyncIterator[StreamEvent]:
+        """Backend events; the final event is metered into ``self.outcome`` before it is yielded."""
+        self.decide()
+        outcome = self.outcome
+        assert outcome is not None
+        started = time.perf_counter()
+        async for event in self.backend().stream(self.request):
+            if event.delta:
+                if outcome.ttft_s is None:
+                    outcome.ttft_s = time.perf_counter() - self.t0
+                self.parts.append(event.delta)
+            if event.finish_reason is not None:
+                self.gateway.meter(outcome, usage=event.usage or Usage(), recorded_cost=event.cost_usd,
+                                   energy=event.energy, busy_s=time.perf_counter() - started)
+                outcome.finish_reason = event.finish_reason
+                outcome.score = event.score
+            yield event

@@ -1,0 +1,71 @@
+"""Schema changes as named, append-only migrations; each is applied once and recorded.
+
+Never edit or reorder a migration that has shipped: append a new one.
+
+Usage::
+
+    apply_migrations(connection, dialect="sqlite")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+Migration = tuple[str, Callable[[str], list[str]]]
+
+
+def _types(dialect: str) -> dict[str, str]:
+    if dialect == "postgresql":
+        return {"real": "DOUBLE PRECISION", "int": "BIGINT", "bool": "BOOLEAN", "text": "TEXT"}
+    return {"real": "REAL", "int": "INTEGER", "bool": "INTEGER", "text": "TEXT"}
+
+
+def m0001_requests(dialect: str) -> list[str]:
+    t = _types(dialect)
+    return [
+        f"""CREATE TABLE requests (
+            id {t['text']} PRIMARY KEY, ts {t['real']} NOT NULL, requested_model {t['text']} NOT NULL,
+            model {t['text']}, tag {t['text']}, route_policy {t['text']}, route_reason {t['text']},
+            stream {t['bool']} NOT NULL, messages {t['text']}, response {t['text']},
+            prompt_hash {t['text']},
+            input_tokens {t['int']}, cached_input_tokens {t['int']}, output_tokens {t['int']},
+            reasoning_tokens {t['int']},
+            cost_usd {t['real']}, cost_source {t['text']} NOT NULL,
+            energy_j {t['real']}, energy_source {t['text']} NOT NULL,
+            ttft_s {t['real']}, latency_s {t['real']}, status {t['text']} NOT NULL,
+            http_status {t['int']} NOT NULL, error {t['text']}, score {t['real']}, calls {t['text']}
+        )""",
+        "CREATE INDEX requests_ts ON requests (ts)",
+        "CREATE INDEX requests_model_ts ON requests (model, ts)",
+    ]
+
+
+MIGRATIONS: list[Migration] = [
+    ("0001_requests", m0001_requests),
+]
+
+
+def apply_migrations(conn: Any, *, dialect: str) -> list[str]:
+    """Apply the migrations this database lacks, in order; returns the names applied."""
+    cur = conn.cursor()
+    if dialect == "postgresql":
+        # Replicas starting together must not race on the schema.
+        cur.execute("SELECT pg_advisory_xact_lock(727274)")
+    cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at "
+                + ("DOUBLE PRECISION" if dialect == "postgresql" else "REAL") + " NOT NULL)")
+    cur.execute("SELECT name FROM schema_migrations")
+    done = {row[0] for row in cur.fetchall()}
+    applied = []
+    mark = "%s" if dialect == "postgresql" else "?"
+    for name, migration in MIGRATIONS:
+        if name in done:
+            continue
+        for statement in migration(dialect):
+            cur.execute(statement)
+        cur.execute(f"INSERT INTO schema_migrations (name, applied_at) VALUES ({mark}, {mark})",
+                    (name, time.time()))
+        applied.append(name)
+    conn.commit()
+    return applied

@@ -26,13 +26,8 @@ def build_gateway(config: Config, *, config_dir: str | Path = ".",
                   router: RoutePicker | None = None) -> Gateway:
     backends = build_backends(config, config_dir=config_dir)
     store = open_store(config.store.url)
-    return Gateway(config=config, backends=backends, store=store, router=router or default_router(config))
-
-
-def default_router(config: Config) -> RoutePicker | None:
-    """The trained router when one is available, else ``None`` (the gateway's named fallback rule)."""
-    try:
+    if router is None:
         from wattwise.routing.adapter import load_picker
-    except ImportError:
-        return None
-    return load_picker(config)
+
+        router = load_picker(config, config_dir=str(config_dir))
+    return Gateway(config=config, backends=backends, store=store, router=router)

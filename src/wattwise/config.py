@@ -62,6 +62,7 @@ class ModelConfig(_Strict):
     outcomes: str | None = None
     source_model: str | None = None
     trained_as: str | None = None
+    reasoning: bool = False
     price: PriceConfig | None = None
     energy: EnergyConfig | None = None
     options: dict[str, Any] = Field(default_factory=dict)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from wattwise.api.schemas import ChatBody
@@ -34,12 +34,40 @@ from wattwise.store.writer import TraceWriter
 
 
 @dataclass(frozen=True, kw_only=True)
+class Answer:
+    """One metered call's answer, as multi-call policies (cascade, best-of-N) see it."""
+
+    text: str
+    cost_usd: float | None = None
+    logprob: float | None = None
+
+
+CallFn = Callable[[str], Awaitable[Answer]]
+
+
+class MultiCall(Protocol):
+    """What a multi-call executor returns: the model whose answer is kept, and why."""
+
+    model: str
+    reason: str
+
+    @property
+    def answer(self) -> Any: ...
+
+
+@dataclass(frozen=True, kw_only=True)
 class Decision:
-    """Which configured model serves a request, by which policy, and why."""
+    """Which configured model serves a request, by which policy, and why.
+
+    ``execute`` is set by multi-call policies: it makes its calls through the ``call`` it is given
+    (each one metered and recorded) and says which answer to keep.
+    """
 
     model: str
     policy: str
     reason: str
+    execute: Callable[[CallFn], Awaitable[MultiCall]] | None = None
+    reasoning_effort: str | None = None
 
 
 class RoutePicker(Protocol):
@@ -111,9 +139,11 @@ class Gateway:
         self.writer.start()
 
     async def stop(self) -> None:
+        """Flush every trace row, then release backends and the store."""
         self.writer.close()
         for backend in self.backends.values():
             await backend.aclose()
+        self.store.close()
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -135,14 +165,24 @@ class Gateway:
     # -- metering ------------------------------------------------------------------------------
 
     def meter(self, outcome: Outcome, *, usage: Usage, recorded_cost: float | None,
-              energy: EnergyReading | None, busy_s: float) -> None:
-        model = outcome.decision.model
-        outcome.usage = usage
+              energy: EnergyReading | None, busy_s: float, model: str | None = None) -> None:
+        """Add one call's usage, cost and energy to the request's outcome (a cascade adds several)."""
+        model = model or outcome.decision.model
         if recorded_cost is not None:
-            outcome.cost_usd, outcome.cost_source = recorded_cost, "recorded"
+            cost, source = recorded_cost, "recorded"
         elif (price := self.prices.get(model)) is not None:
-            outcome.cost_usd, outcome.cost_source = cost_usd(price, usage), "priced"
-        outcome.energy = energy or estimate(self.profiles.get(model), usage, busy_s=busy_s)
+            cost, source = cost_usd(price, usage), "priced"
+        else:
+            cost, source = None, "unknown"
+        reading = energy or estimate(self.profiles.get(model), usage, busy_s=busy_s)
+        first = outcome.usage is None
+        outcome.usage = usage if first else outcome.usage + usage  # type: ignore[operator]
+        if first:
+            outcome.cost_usd, outcome.cost_source, outcome.energy = cost, source, reading
+            return
+        outcome.cost_usd = None if cost is None or outcome.cost_usd is None else outcome.cost_usd + cost
+        outcome.cost_source = source if source == outcome.cost_source else "unknown"
+        outcome.energy = outcome.energy + reading
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -173,6 +213,7 @@ class Gateway:
             energy_source=outcome.energy.source if outcome else "unknown",
             ttft_s=outcome.ttft_s if outcome else None, latency_s=latency, status=status,
             http_status=http_status, error=error, score=outcome.score if outcome else None,
+            calls=json.dumps(call.calls) if call.calls else None,
         )
         self.writer.submit(record)
         self.metrics.observe(model=record.model or "none", status=status, usage=usage,
@@ -194,12 +235,44 @@ class Call:
         self.prompt = self.request.prompt_text()
         self.outcome: Outcome | None = None
         self.parts: list[str] = []
+        self.calls: list[dict[str, Any]] = []
+        self.completions: dict[str, Completion] = {}
         self._recorded = False
 
     def decide(self) -> Decision:
         decision = self.gateway.decide(self.body, self.prompt)
         self.outcome = Outcome(decision=decision)
+        if decision.reasoning_effort and "reasoning_effort" not in self.request.extra:
+            self.request = replace(self.request, extra={**self.request.extra,
+                                                        "reasoning_effort": decision.reasoning_effort})
         return decision
+
+    async def _one(self, model: str) -> Answer:
+        """One call of a multi-call policy: metered into the outcome and listed in ``calls``."""
+        assert self.outcome is not None
+        started = time.perf_counter()
+        done = await self.gateway.backends[model].complete(self.request)
+        before = self.outcome.cost_usd if self.outcome.usage is not None else 0.0
+        self.gateway.meter(self.outcome, usage=done.usage, recorded_cost=done.cost_usd, energy=done.energy,
+                           busy_s=time.perf_counter() - started, model=model)
+        after = self.outcome.cost_usd
+        cost = None if before is None or after is None else after - before
+        self.calls.append({"model": model, "input_tokens": done.usage.input_tokens,
+                           "output_tokens": done.usage.output_tokens, "cost_usd": cost})
+        self.completions[model] = done
+        mean_logprob = done.logprob / done.usage.output_tokens if (
+            done.logprob is not None and done.usage.output_tokens) else None
+        return Answer(text=done.text, cost_usd=cost, logprob=mean_logprob)
+
+    async def _multi(self, execute: Callable[[CallFn], Awaitable[MultiCall]]) -> Outcome:
+        assert self.outcome is not None
+        result = await execute(self._one)
+        kept = self.completions[result.model]
+        self.outcome.decision = replace(self.outcome.decision, model=result.model, reason=result.reason)
+        self.outcome.text = result.answer.text
+        self.outcome.finish_reason = kept.finish_reason
+        self.outcome.score = kept.score
+        return self.outcome
 
     def finish(self, *, status: str = "ok", http_status: int = 200, error: str | None = None) -> None:
         if not self._recorded:
@@ -219,8 +292,10 @@ class Call:
         return self.gateway.backends[self.outcome.decision.model]
 
     async def complete(self) -> Outcome:
-        self.decide()
+        decision = self.decide()
         assert self.outcome is not None
+        if decision.execute is not None:
+            return await self._multi(decision.execute)
         started = time.perf_counter()
         done: Completion = await self.backend().complete(self.request)
         self.gateway.meter(self.outcome, usage=done.usage, recorded_cost=done.cost_usd,
@@ -233,9 +308,17 @@ class Call:
 
     async def stream(self) -> AsyncIterator[StreamEvent]:
         """Backend events; the final event is metered into ``self.outcome`` before it is yielded."""
-        self.decide()
+        decision = self.decide()
         outcome = self.outcome
         assert outcome is not None
+        if decision.execute is not None:
+            # A cascade cannot stream before its check: run it, then send the kept answer.
+            await self._multi(decision.execute)
+            outcome.ttft_s = time.perf_counter() - self.t0
+            self.parts.append(outcome.text)
+            yield StreamEvent(delta=outcome.text)
+            yield StreamEvent(finish_reason=outcome.finish_reason)
+            return
         started = time.perf_counter()
         async for event in self.backend().stream(self.request):
             if event.delta:

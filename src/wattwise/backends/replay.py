@@ -2,7 +2,8 @@
 
 For a prompt it knows, the replay backend returns the recorded response, token counts, cost and
 score of its source model; for one it does not know, :class:`UnknownPrompt` (404). The prompt is
-matched on the text of the last user message.
+matched on the text of the last user message. Where the file has no token counts they are
+estimated at 4 characters a token (as the RouteLLM files were).
 
 Usage::
 
@@ -69,7 +70,13 @@ class ReplayBackend(Backend):
         return found
 
     def _completion(self, row: Outcome) -> Completion:
-        usage = Usage(input_tokens=row.input_tokens or 0, output_tokens=row.output_tokens or 0)
+        # Files without token counts (RouterBench) get the same 4-characters-a-token estimate the
+        # RouteLLM files were built with; the recorded cost is used as is either way.
+        input_tokens = row.input_tokens if row.input_tokens is not None else -(-len(row.prompt) // 4)
+        output_tokens = row.output_tokens
+        if output_tokens is None:
+            output_tokens = -(-len(row.response or "") // 4)
+        usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
         return Completion(text=row.response or "", usage=usage, cost_usd=row.cost_usd, score=row.score)
 
     async def complete(self, request: ChatRequest) -> Completion:

@@ -44,17 +44,31 @@ class ModelHead:
     usd_per_out_token: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "n_examples": self.n_examples, "mean_score": self.mean_score,
-                "q_coef": _rounded(np.asarray(self.q_coef), 5), "q_bias": self.q_bias,
-                "len_coef": _rounded(np.asarray(self.len_coef), 5), "len_bias": self.len_bias,
-                "usd_per_in_token": self.usd_per_in_token, "usd_per_out_token": self.usd_per_out_token}
+        return {
+            "name": self.name,
+            "n_examples": self.n_examples,
+            "mean_score": self.mean_score,
+            "q_coef": _rounded(np.asarray(self.q_coef), 5),
+            "q_bias": self.q_bias,
+            "len_coef": _rounded(np.asarray(self.len_coef), 5),
+            "len_bias": self.len_bias,
+            "usd_per_in_token": self.usd_per_in_token,
+            "usd_per_out_token": self.usd_per_out_token,
+        }
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ModelHead:
-        return cls(name=obj["name"], n_examples=int(obj["n_examples"]), mean_score=obj["mean_score"],
-                   q_coef=tuple(obj["q_coef"]), q_bias=obj["q_bias"], len_coef=tuple(obj["len_coef"]),
-                   len_bias=obj["len_bias"], usd_per_in_token=obj["usd_per_in_token"],
-                   usd_per_out_token=obj["usd_per_out_token"])
+        return cls(
+            name=obj["name"],
+            n_examples=int(obj["n_examples"]),
+            mean_score=obj["mean_score"],
+            q_coef=tuple(obj["q_coef"]),
+            q_bias=obj["q_bias"],
+            len_coef=tuple(obj["len_coef"]),
+            len_bias=obj["len_bias"],
+            usd_per_in_token=obj["usd_per_in_token"],
+            usd_per_out_token=obj["usd_per_out_token"],
+        )
 
 
 class HeadBank:
@@ -81,7 +95,9 @@ class HeadBank:
             return {}, {}
         q = 1.0 / (1.0 + np.exp(-(self._wq @ x + self._bq)))
         out = np.expm1(np.clip(self._wl @ x + self._bl, 0.0, 12.0))
-        return dict(zip(self.names, q.tolist(), strict=True)), dict(zip(self.names, out.tolist(), strict=True))
+        return dict(zip(self.names, q.tolist(), strict=True)), dict(
+            zip(self.names, out.tolist(), strict=True)
+        )
 
 
 def tokens_in(row: Outcome) -> int:
@@ -130,13 +146,26 @@ def fit_head(name: str, rows: Sequence[Outcome], X: np.ndarray, *, c: float = 0.
             ridge = Ridge(alpha=3.0).fit(X[idx], target)
             len_coef, len_bias = ridge.coef_, float(ridge.intercept_)
     p_in, p_out = fit_prices(rows)
-    return ModelHead(name=name, n_examples=len(rows), mean_score=round(mean, 6),
-                     q_coef=tuple(q_coef.tolist()), q_bias=q_bias, len_coef=tuple(len_coef.tolist()),
-                     len_bias=len_bias, usd_per_in_token=p_in, usd_per_out_token=p_out)
+    return ModelHead(
+        name=name,
+        n_examples=len(rows),
+        mean_score=round(mean, 6),
+        q_coef=tuple(q_coef.tolist()),
+        q_bias=q_bias,
+        len_coef=tuple(len_coef.tolist()),
+        len_bias=len_bias,
+        usd_per_in_token=p_in,
+        usd_per_out_token=p_out,
+    )
 
 
-def fit_heads(table: Mapping[str, Mapping[str, Outcome]], featurizer: Featurizer, *,
-              c: float = 0.3, progress: Callable[[str], None] | None = None) -> list[ModelHead]:
+def fit_heads(
+    table: Mapping[str, Mapping[str, Outcome]],
+    featurizer: Featurizer,
+    *,
+    c: float = 0.3,
+    progress: Callable[[str], None] | None = None,
+) -> list[ModelHead]:
     """One head per model found in ``table`` (``{prompt_id: {model: Outcome}}``)."""
     pids = sorted(table)
     X = featurizer.transform([next(iter(table[p].values())).prompt for p in pids])
@@ -163,8 +192,10 @@ def price_class_prior(cost: float | None, known: Mapping[str, tuple[float, float
     qs = sorted(q for q, _ in known.values())
     if cost is None or cost <= 0:
         return qs[len(qs) // 2]
-    weights = [(math.exp(-((math.log(cost) - math.log(max(c, 1e-12))) ** 2) / (2 * PRIOR_WIDTH**2)), q)
-               for q, c in known.values()]
+    weights = [
+        (math.exp(-((math.log(cost) - math.log(max(c, 1e-12))) ** 2) / (2 * PRIOR_WIDTH**2)), q)
+        for q, c in known.values()
+    ]
     total = sum(w for w, _ in weights)
     if total < 1e-9:  # far outside the known range: take the nearest end
         nearest = min(known.values(), key=lambda qc: abs(math.log(cost) - math.log(max(qc[1], 1e-12))))

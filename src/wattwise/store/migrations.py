@@ -49,6 +49,13 @@ MIGRATIONS: list[Migration] = [
 
 def apply_migrations(conn: Any, *, dialect: str) -> list[str]:
     """Apply the migrations this database lacks, in order; returns the names applied."""
+    if dialect == "postgresql":
+        with conn.transaction():
+            return _apply(conn, dialect)
+    return _apply(conn, dialect)
+
+
+def _apply(conn: Any, dialect: str) -> list[str]:
     cur = conn.cursor()
     if dialect == "postgresql":
         # Replicas starting together must not race on the schema.
@@ -67,5 +74,6 @@ def apply_migrations(conn: Any, *, dialect: str) -> list[str]:
         cur.execute(f"INSERT INTO schema_migrations (name, applied_at) VALUES ({mark}, {mark})",
                     (name, time.time()))
         applied.append(name)
-    conn.commit()
+    if dialect == "sqlite":
+        conn.commit()
     return applied

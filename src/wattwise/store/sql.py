@@ -39,7 +39,8 @@ class TraceStore:
         if self.dialect == "postgresql":
             import psycopg
 
-            return psycopg.connect(self.url)
+            # Autocommit: a read must not leave a transaction open (it would hold table locks).
+            return psycopg.connect(self.url, autocommit=True)
         path = self.url.removeprefix("sqlite:///") if self.url != "sqlite://" else ":memory:"
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -70,11 +71,17 @@ class TraceStore:
         marks = ", ".join([self._mark] * len(COLUMNS))
         sql = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({marks})"
         conn = self.conn
+        rows = [r.as_tuple() for r in records]
         try:
-            conn.cursor().executemany(sql, [r.as_tuple() for r in records])
-            conn.commit()
+            if self.dialect == "postgresql":
+                with conn.transaction():
+                    conn.cursor().executemany(sql, rows)
+            else:
+                conn.cursor().executemany(sql, rows)
+                conn.commit()
         except Exception as exc:
-            conn.rollback()
+            if self.dialect == "sqlite":
+                conn.rollback()
             raise StoreError(f"trace insert failed: {exc}") from exc
 
     def fetch(self, *, since: float | None = None, until: float | None = None) -> list[TraceRecord]:
@@ -99,7 +106,8 @@ class TraceStore:
     def set_score(self, request_id: str, score: float) -> bool:
         cur = self.conn.cursor()
         cur.execute(f"UPDATE requests SET score = {self._mark} WHERE id = {self._mark}", (score, request_id))
-        self.conn.commit()
+        if self.dialect == "sqlite":
+            self.conn.commit()
         return bool(cur.rowcount)
 
     def count(self) -> int:

@@ -1,0 +1,75 @@
+"""The trained router as the gateway's route picker for ``auto`` and ``auto:<policy>``.
+
+Candidates come from the config (name, price, ``trained_as``, ``reasoning``); the dial from the
+request's ``wattwise`` object. Multi-call policies (cascade, best-of-N) hand the gateway an
+executor, so every call they make goes through the gateway and is metered.
+
+Usage::
+
+    picker = load_picker(config)          # the shipped router unless [router] path is set
+    gateway = Gateway(config=config, backends=backends, store=store, router=picker)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from wattwise.config import Config
+from wattwise.data import resolve
+from wattwise.routing import execute
+from wattwise.routing.router import Candidate, Router
+
+if TYPE_CHECKING:
+    from wattwise.api.schemas import ChatBody
+    from wattwise.gateway import CallFn, Decision, Gateway
+
+MULTI = {"cascade": execute.run_cascade, "best_of_n": execute.run_best_of_n}
+
+
+def candidates_from(config: Config) -> list[Candidate]:
+    """One candidate per configured model; a model without a price has unknown cost."""
+    out = []
+    for name, spec in config.models.items():
+        price = spec.price
+        out.append(Candidate(name=name, input_usd_per_mtok=price.input if price else None,
+                             output_usd_per_mtok=price.output if price else None,
+                             trained_as=spec.trained_as, reasoning=spec.reasoning))
+    return out
+
+
+class TrainedPicker:
+    def __init__(self, *, router: Router, candidates: Sequence[Candidate]) -> None:
+        self.router = router
+        self.candidates = list(candidates)
+
+    def pick(self, *, prompt: str, policy: str, body: ChatBody, gateway: Gateway) -> Decision:
+        from wattwise.gateway import Decision
+
+        dial = body.wattwise
+        decision = self.router.route(prompt, self.candidates, policy=policy,
+                                     quality_target=dial.quality_target, max_cost_usd=dial.max_cost_usd)
+        runner = MULTI.get(policy)
+        run: Callable[[CallFn], Awaitable[Any]] | None = None
+        if runner is not None:
+            run = partial(_run, runner, self.router, prompt, self.candidates,
+                          dial.quality_target, dial.max_cost_usd)
+        return Decision(model=decision.model, policy=decision.policy, reason=decision.reason, execute=run,
+                        reasoning_effort=decision.reasoning_effort)
+
+
+async def _run(runner: Any, router: Router, prompt: str, candidates: Sequence[Candidate],
+               quality_target: float | None, max_cost_usd: float | None, call: CallFn) -> Any:
+    async def adapted(model: str) -> execute.Answer:
+        got = await call(model)
+        return execute.Answer(text=got.text, cost_usd=got.cost_usd, logprob=got.logprob)
+
+    return await runner(router, prompt, candidates, adapted, quality_target=quality_target,
+                        max_cost_usd=max_cost_usd)
+
+
+def load_picker(config: Config, *, config_dir: str = ".") -> TrainedPicker:
+    router = Router.load(resolve(config.router.path, base_dir=config_dir)) if config.router.path \
+        else Router.default()
+    return TrainedPicker(router=router, candidates=candidates_from(config))

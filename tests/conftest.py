@@ -15,7 +15,7 @@ import pytest
 from wattwise.api.app import create_app
 from wattwise.backends.base import Backend
 from wattwise.backends.mock import MockBackend
-from wattwise.config import Config, ModelConfig, PriceConfig, EnergyConfig, StoreConfig
+from wattwise.config import Config, EnergyConfig, ModelConfig, PriceConfig, StoreConfig
 from wattwise.gateway import Gateway
 from wattwise.store.sql import TraceStore, open_store
 

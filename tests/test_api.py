@@ -6,13 +6,13 @@ import json
 
 import httpx
 import pytest
+from tests.conftest import make_gateway
 
 from wattwise.api.app import create_app
 from wattwise.backends.mock import MockBackend
 from wattwise.exceptions import UpstreamError, UpstreamTimeout
 from wattwise.gateway import Gateway
 from wattwise.store.sql import TraceStore
-from tests.conftest import make_gateway
 
 pytestmark = pytest.mark.anyio
 HEADERS = ("x-wattwise-request-id", "x-wattwise-model", "x-wattwise-cost-usd", "x-wattwise-energy-j")

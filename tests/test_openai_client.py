@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from tests.upstream import UpstreamLog, upstream_app
 
 from wattwise.api.app import create_app
 from wattwise.build import build_gateway
 from wattwise.config import Config, ModelConfig, PriceConfig, StoreConfig
 from wattwise.gateway import Gateway
 from wattwise.inprocess import serve_in_thread
-from tests.upstream import UpstreamLog, upstream_app
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -60,7 +60,7 @@ class Completion:
 
     text: str
     finish_reason: str = "stop"
-    usage: Usage = Usage()
+    usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None
     energy: EnergyReading | None = None
     logprob: float | None = None
@@ -96,7 +96,7 @@ class Backend(ABC):
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Answer piece by piece; closing the iterator cancels the upstream work."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections, models and threads."""
 
     def describe(self) -> dict[str, Any]:

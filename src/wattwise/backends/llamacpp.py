@@ -107,7 +107,8 @@ class LlamaCppBackend(Backend):
                 kwargs[key] = value
         return kwargs
 
-    def _generate(self, request: ChatRequest, counts: _Counts, stop: threading.Event) -> Iterator[tuple[str, str | None]]:
+    def _generate(self, request: ChatRequest, counts: _Counts,
+                  stop: threading.Event) -> Iterator[tuple[str, str | None]]:
         chunks = self._model().create_chat_completion(**self._kwargs(request, counts))
         try:
             for chunk in chunks:
@@ -135,7 +136,7 @@ class LlamaCppBackend(Backend):
                 for delta, finish in self._generate(request, counts, stop):
                     loop.call_soon_threadsafe(queue.put_nowait, ("delta", (delta, finish)))
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-            except Exception as exc:  # noqa: BLE001 - crosses the thread boundary, mapped below
+            except Exception as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
         async with self._semaphore:

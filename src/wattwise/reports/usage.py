@@ -112,7 +112,8 @@ def format_table(lines: Sequence[Line]) -> str:
     head = [title for _, title in COLUMNS]
     body = [[_fmt(getattr(line, name)) for name, _ in COLUMNS] for line in lines]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    render = [" ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+    render = [" ".join(cell.rjust(w) if i else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
               for row in [head, *body]]
     return "\n".join([render[0], "-" * len(render[0]), *render[1:]])
 

@@ -1,0 +1,42 @@
+# wattwise: `make demo` runs the offline tour, `make test` the checks. Both install what they need
+# into .venv from the hash-pinned requirements.lock first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/wattwise demo
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/router_latency.py
+
+# Re-pin after editing requirements.in (needs uv, which is not part of the lock).
+lock:
+	uv pip compile --python-version 3.11 --generate-hashes requirements.in -o requirements.lock
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -188,3 +188,7 @@ def demo(out_dir: str, limit: int | None, no_live: bool, as_json: bool) -> None:
 
 main.add_command(train_command)
 main.add_command(eval_command)
+
+
+if __name__ == "__main__":
+    main()

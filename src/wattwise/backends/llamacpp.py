@@ -76,9 +76,10 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, *, name: str, model_path: Path, n_ctx: int = 2048, n_threads: int | None = None,
                  max_concurrency: int = 1, energy: EnergyProfile | None = None,
-                 counter: EnergyCounter | None = None) -> None:
+                 counter: EnergyCounter | None = None, chat_format: str | None = None) -> None:
         super().__init__(name=name)
         self.model_path = model_path
+        self.chat_format = chat_format
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self.energy = energy
@@ -93,7 +94,7 @@ class LlamaCppBackend(Backend):
                 from llama_cpp import Llama  # heavy import, deferred to first use
 
                 self._llama = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx,
-                                    n_threads=self.n_threads, verbose=False)
+                                    n_threads=self.n_threads, chat_format=self.chat_format, verbose=False)
             return self._llama
 
     def _kwargs(self, request: ChatRequest, counts: _Counts) -> dict[str, Any]:
@@ -192,4 +193,5 @@ def from_config(name: str, spec: ModelConfig, context: BuildContext) -> LlamaCpp
                                 watts=spec.energy.watts)
         counter = open_counter(spec.energy.measure)
     return LlamaCppBackend(name=name, model_path=path, n_ctx=spec.n_ctx, n_threads=spec.n_threads,
-                           max_concurrency=spec.max_concurrency or 1, energy=profile, counter=counter)
+                           max_concurrency=spec.max_concurrency or 1, energy=profile, counter=counter,
+                           chat_format=spec.chat_format)

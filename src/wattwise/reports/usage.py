@@ -38,7 +38,7 @@ class Line:
     output_tokens: int
     cost_usd: float
     cost_unknown: int
-    energy_j: float
+    energy_j: float | None
     energy_unknown: int
     energy_measured: int
     tokens_per_joule: float | None
@@ -73,7 +73,7 @@ def summarize_group(group: str, rows: Sequence[TraceRecord], baseline: Price | N
         output_tokens=sum(r.output_tokens or 0 for r in rows),
         cost_usd=sum(r.cost_usd or 0.0 for r in rows),
         cost_unknown=sum(1 for r in ok if r.cost_usd is None),
-        energy_j=energy, energy_unknown=len(ok) - len(known_energy),
+        energy_j=energy if known_energy else None, energy_unknown=len(ok) - len(known_energy),
         energy_measured=sum(1 for r in ok if r.energy_source == "measured"),
         tokens_per_joule=tokens_known / energy if energy > 0 else None,
         latency_p50_s=_pct(latencies, 50), latency_p99_s=_pct(latencies, 99),

@@ -74,6 +74,8 @@ async def test_auto_routes_with_shipped_router_and_dial(replay, rows) -> None:  
                                                                    wattwise={"quality_target": 1.0}))
         assert low.status_code == high.status_code == 200
         assert "utility" in low.headers["x-wattwise-route"]
+        # "stranger" has no training data: the reason says its price-class prior was used.
+        assert "no training data for stranger: price-class prior" in high.headers["x-wattwise-route"]
         chosen_low.append(low.headers["x-wattwise-model"])
         chosen_high.append(high.headers["x-wattwise-model"])
     # A tight budget keeps traffic off the dear model; a full quality target sends it there.

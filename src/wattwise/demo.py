@@ -16,6 +16,7 @@ import asyncio
 import json
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from wattwise.api.app import create_app
 from wattwise.build import build_gateway
-from wattwise.config import Config, ModelConfig, PriceConfig, StoreConfig, default_config
+from wattwise.config import Config, EnergyConfig, ModelConfig, PriceConfig, StoreConfig, default_config
 from wattwise.data import shipped_path
 from wattwise.inprocess import serve_in_thread
 from wattwise.outcomes import Outcome, load_outcomes
@@ -57,11 +58,19 @@ def derived_prices(rows: Sequence[Outcome]) -> dict[str, float]:
     return {m: spent[m] / tokens[m] * 1e6 if tokens[m] else 0.0 for m in spent}
 
 
+def energy_profiles() -> dict[str, EnergyConfig]:
+    """Estimated J per output token for the replay fleet's open-weight models (see the data file)."""
+    data = tomllib.loads(shipped_path("energy_profiles.toml").read_text())
+    return {name: EnergyConfig(joules_per_output_token=p["joules_per_output_token"])
+            for name, p in data["profiles"].items()}
+
+
 def replay_config(outcomes: str, rows: Sequence[Outcome], store_url: str) -> Config:
     prices = derived_prices(rows)
+    energy = energy_profiles()
     models = {
         safe_name(model): ModelConfig(backend="replay", outcomes=outcomes, source_model=model, trained_as=model,
-                                      price=PriceConfig(input=price, output=price))
+                                      price=PriceConfig(input=price, output=price), energy=energy.get(model))
         for model, price in sorted(prices.items())
     }
     return Config(store=StoreConfig(url=store_url, flush_interval_s=0.05), models=models)

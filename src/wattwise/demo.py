@@ -166,7 +166,7 @@ def savings_table(lines: Sequence[Line]) -> dict[str, Any]:
     return summary
 
 
-def plot_demo(lines: Sequence[Line], chosen: dict[str, int], path: Path) -> None:
+def plot_demo(lines: Sequence[Line], auto_spend: dict[str, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,10 +186,18 @@ def plot_demo(lines: Sequence[Line], chosen: dict[str, int], path: Path) -> None
     ax1.set_xlabel("total cost ($, log scale)")
     ax1.set_ylabel("quality (mean score)")
     ax1.set_title("Quality against cost: single models and auto")
-    names = sorted(chosen, key=chosen.__getitem__)
-    ax2.barh([n.split("--")[-1] for n in names], [chosen[n] for n in names], color="#55a868")
-    ax2.set_xlabel("requests routed by auto")
-    ax2.set_title("Where auto sent the traffic")
+    singles = sorted(singles, key=lambda line: line.cost_usd)
+    names = [line.group.removeprefix("single:") for line in singles]
+    ys = list(range(len(names)))
+    ax2.barh([y + 0.2 for y in ys], [line.cost_usd for line in singles], height=0.4, color="#4c72b0",
+             label="all traffic on this model")
+    ax2.barh([y - 0.2 for y in ys], [auto_spend.get(n, 0.0) for n in names], height=0.4, color="#c44e52",
+             label="auto's spend on this model")
+    ax2.set_yticks(ys, [n.split("--")[-1] for n in names], fontsize=8)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("spend ($, log scale)")
+    ax2.set_title("Spend per model")
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -207,7 +215,8 @@ def run_demo(*, out_dir: Path, limit: int | None = None, live: bool = True) -> d
     lines = summarize(rows, by="tag")
     policies = sorted({r.route_policy or "" for r in rows if r.tag == "auto"})
     plot_path = out_dir / "demo.png"
-    plot_demo(lines, totals.get("auto", RunTotals()).chosen, plot_path)
+    auto_spend = {line.group: line.cost_usd for line in summarize([r for r in rows if r.tag == "auto"], by="model")}
+    plot_demo(lines, auto_spend, plot_path)
     result = {"lines": [line.to_json() for line in lines], "summary": savings_table(lines),
               "auto_policy": policies, "auto_routes": totals.get("auto", RunTotals()).chosen, "live": live_answers,
               "client_errors": {tag: t.errors for tag, t in totals.items() if t.errors},

@@ -31,6 +31,7 @@ from pathlib import Path
 
 CONTENT_LENGTH_RE = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
+IDLE_LIMIT_S = 3.0
 PROMPT = "Say hello in five words."
 WRK_MARK = "WRK_JSON "
 WRK_DONE = """
@@ -74,6 +75,7 @@ class Connection:
         """Wrap an open stream pair."""
         self.reader = reader
         self.writer = writer
+        self.idle_since = time.monotonic()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -125,14 +127,28 @@ class ClientPool:
     async def send(self, payload: bytes) -> int:
         """Send ``payload`` on an idle connection (or a new one) and return the status code."""
         async with self._slots:
-            conn = self._idle.pop() if self._idle else await Connection.open(self.host, self.port)
+            conn = self._take_idle() or await Connection.open(self.host, self.port)
             try:
                 status = await conn.send(payload)
             except BaseException:
                 conn.close()
                 raise
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
             return status
+
+    def _take_idle(self) -> Connection | None:
+        """Return the most recently used idle connection that is still fresh and open, if any.
+
+        Servers close keep-alive connections idle for a few seconds (uvicorn: 5 s); reusing one of
+        those would fail the request, so they are dropped here, as real clients do.
+        """
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.reader.at_eof() and time.monotonic() - conn.idle_since < IDLE_LIMIT_S:
+                return conn
+            conn.close()
+        return None
 
     def close(self) -> None:
         """Close every idle connection."""
@@ -150,6 +166,7 @@ class LatencyRun:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     elapsed_s: float = 0.0
+    aborted: bool = False
 
     def percentile(self, pct: float) -> float:
         """Return the ``pct`` percentile of the latencies in seconds (nearest rank), NaN if none."""
@@ -167,7 +184,7 @@ class LatencyRun:
     @property
     def kept_up(self) -> bool:
         """Say whether every request succeeded and the server kept pace with the offered rate."""
-        return self.errors == 0 and self.achieved_rate >= 0.95 * self.rate
+        return not self.aborted and self.errors == 0 and self.achieved_rate >= 0.95 * self.rate
 
 
 async def _timed(pool: ClientPool, payload: bytes, timeout: float) -> float | None:
@@ -181,24 +198,36 @@ async def _timed(pool: ClientPool, payload: bytes, timeout: float) -> float | No
 
 
 async def open_loop(
-    pool: ClientPool, payload: bytes, *, rate: float, duration: float, timeout: float = 30.0
-) -> LatencyRun:
-    """Send ``rate`` requests a second for ``duration`` seconds on schedule and time each one."""
+    pool: ClientPool, payload: bytes, *, rate: float, duration: float, timeout: float = 30.0,
+    backlog_s: float = 2.0,
+) -> LatencyRun:  # fmt: skip
+    """Send ``rate`` requests a second for ``duration`` seconds on schedule and time each one.
+
+    A server that falls more than ``backlog_s`` seconds of requests behind cannot sustain the rate:
+    the run stops sending then (``aborted``), waits for what is in flight, and says so.
+    """
     loop = asyncio.get_running_loop()
     count = max(1, round(rate * duration))
-    tasks = []
+    tasks: list[asyncio.Task[float | None]] = []
+    finished = [0]
+    aborted = False
     with _gc_paused():
         start = loop.time()
         for index in range(count):
             delay = start + index / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_timed(pool, payload, timeout)))
+            if len(tasks) - finished[0] > rate * backlog_s:
+                aborted = True
+                break
+            task = asyncio.create_task(_timed(pool, payload, timeout))
+            task.add_done_callback(lambda _: finished.__setitem__(0, finished[0] + 1))
+            tasks.append(task)
         outcomes = await asyncio.gather(*tasks)
         elapsed = loop.time() - start
-    run = LatencyRun(rate=rate, sent=count, elapsed_s=elapsed)
+    run = LatencyRun(rate=rate, sent=len(tasks), elapsed_s=elapsed, aborted=aborted)
     run.latencies = [o for o in outcomes if o is not None]
-    run.errors = count - len(run.latencies)
+    run.errors = len(tasks) - len(run.latencies)
     return run
 
 

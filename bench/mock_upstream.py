@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import re
+from typing import cast
 
 MODEL = "mock-model"
 CONTENT = "This is a fixed reply from the mock upstream."
@@ -132,8 +133,7 @@ class MockProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Remember the transport to write replies on."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
         """Answer every complete request in the buffer (pipelining included)."""

@@ -61,6 +61,10 @@ general_settings:
   disable_reset_budget: true
   background_health_checks: false
 """
+# Silences uvicorn's access log (one line per request); errors still reach stderr.
+UVICORN_QUIET_LOG = (
+    '{"version": 1, "disable_existing_loggers": false, "loggers": {"uvicorn.access": {"level": "WARNING"}}}'
+)
 LITELLM_ENV = {
     "LITELLM_LOG": "ERROR",
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -170,9 +174,7 @@ def start_mock(workdir: Path) -> Server:
     """Start the mock upstream (bench/mock_upstream.py) under this interpreter."""
     port = free_port()
     cmd = [sys.executable, str(BENCH_DIR / "mock_upstream.py"), "--port", str(port)]
-    return launch(
-        "mock", cmd, workdir=workdir, port=port, ready_path="/v1/models", chat_path="/v1/chat/completions"
-    )
+    return launch("mock", cmd, workdir=workdir, port=port, ready_path="/v1/models", chat_path="/v1/chat/completions")
 
 
 def wattwise_command() -> list[str]:
@@ -192,9 +194,7 @@ def start_wattwise(workdir: Path, *, upstream_port: int, tag: str = "wattwise") 
     config = store / "wattwise.toml"
     config.write_text(WATTWISE_CONFIG.format(db=store / "traces.db", port=upstream_port))
     cmd = [*wattwise_command(), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-    return launch(
-        tag, cmd, workdir=workdir, port=port, ready_path="/healthz", chat_path="/v1/chat/completions"
-    )
+    return launch(tag, cmd, workdir=workdir, port=port, ready_path="/healthz", chat_path="/v1/chat/completions")
 
 
 def litellm_pin(requirements: Path = LITELLM_REQUIREMENTS) -> str:
@@ -238,9 +238,11 @@ def start_litellm(workdir: Path, *, upstream_port: int, command: Path) -> Server
     port = free_port()
     config = workdir / "litellm.yaml"
     config.write_text(LITELLM_CONFIG.format(port=upstream_port))
+    log_config = workdir / "litellm-log.json"
+    log_config.write_text(UVICORN_QUIET_LOG)
     cmd = [
         str(command), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-        "--num_workers", "1", "--telemetry", "False",
+        "--num_workers", "1", "--telemetry", "False", "--log_config", str(log_config),
     ]  # fmt: skip
     env: dict[str, str | None] = {**LITELLM_ENV, "DATABASE_URL": None}
     return launch(

@@ -24,12 +24,15 @@ class UpstreamLog:
     streams_finished: int = 0
 
 
-def upstream_app(log: UpstreamLog, *, words: int = 3, delay_s: float = 0.0) -> Starlette:
+def upstream_app(log: UpstreamLog, *, words: int = 3, delay_s: float = 0.0,
+                 reply_delay_s: float = 0.0) -> Starlette:
     async def chat(request: Request) -> Response:
         body = await request.json()
         log.bodies.append(body)
         if body.get("stream"):
             return StreamingResponse(stream(body), media_type="text/event-stream")
+        if reply_delay_s:
+            await asyncio.sleep(reply_delay_s)
         return JSONResponse({"id": "up-1", "object": "chat.completion", "created": 0, "model": body["model"],
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": "one two three"},
                                           "finish_reason": "stop"}], "usage": USAGE})

@@ -15,6 +15,7 @@ import click
 
 from wattwise.exceptions import WattwiseError
 from wattwise.routing.cli import eval_command, train_command
+from wattwise.sim.cli import plan_command, simulate_command
 
 
 @click.group()
@@ -188,6 +189,8 @@ def demo(out_dir: str, limit: int | None, no_live: bool, as_json: bool) -> None:
 
 main.add_command(train_command)
 main.add_command(eval_command)
+main.add_command(simulate_command)
+main.add_command(plan_command)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,22 @@ class EnergyConfig(_Strict):
     measure: Literal["none", "nvml", "rapl"] = "none"
 
 
+class ReplicaConfig(_Strict):
+    """One replica of a model: its own URL (and key), weighed against its siblings in replica choice."""
+
+    base_url: str | None = None
+    api_key_env: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+
+
 class ModelConfig(_Strict):
-    """One configured model; which fields matter depends on ``backend``."""
+    """One configured model; which fields matter depends on ``backend``.
+
+    Dispatch: ``replicas`` (each its own backend; none means one, from ``base_url``),
+    ``max_concurrency``, ``retries`` with backoff from ``retry_backoff_s``, ``fallback`` models tried
+    in order, and each replica's circuit breaker (``breaker_failures`` in a row open it for
+    ``breaker_cooldown_s``).
+    """
 
     backend: str
     upstream_model: str | None = None
@@ -55,6 +69,12 @@ class ModelConfig(_Strict):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
     max_concurrency: int | None = Field(default=None, ge=1)
+    replicas: list[ReplicaConfig] = Field(default_factory=list)
+    retries: int = Field(default=0, ge=0, le=10)
+    retry_backoff_s: float = Field(default=0.2, ge=0)
+    fallback: list[str] = Field(default_factory=list)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
     model_path: str | None = None
     model_package: str | None = None
     n_ctx: int = Field(default=2048, ge=128)
@@ -94,12 +114,31 @@ class RouterConfig(_Strict):
     default_policy: str = "utility"
 
 
+class BatchConfig(_Strict):
+    """The Batch API's runner: how many lines at once, and only in the headroom interactive leaves.
+
+    A batch line starts only while this replica has fewer than ``max_in_flight`` requests in flight
+    (interactive plus batch) and fewer than ``max_concurrency`` batch lines running. A claimed line
+    holds a lease of ``lease_s`` seconds, renewed while it runs; a replica killed mid-line loses it.
+    """
+
+    enabled: bool = True
+    max_concurrency: int = Field(default=4, ge=1)
+    max_in_flight: int = Field(default=16, ge=1)
+    lease_s: float = Field(default=30.0, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    drain_s: float = Field(default=5.0, ge=0)
+    max_file_bytes: int = Field(default=100_000_000, ge=1)
+    max_lines: int = Field(default=50_000, ge=1)
+
+
 class Config(_Strict):
     """The whole gateway configuration."""
 
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     router: RouterConfig = RouterConfig()
+    batch: BatchConfig = BatchConfig()
     models: dict[str, ModelConfig]
 
     @field_validator("models")
@@ -110,6 +149,10 @@ class Config(_Strict):
         for name in value:
             if name == "auto" or name.startswith("auto:"):
                 raise ValueError(f"model name {name!r} is reserved for routing")
+        for name, spec in value.items():
+            for other in spec.fallback:
+                if other not in value or other == name:
+                    raise ValueError(f"models.{name}.fallback: {other!r} is not another configured model")
         return value
 
 

@@ -10,6 +10,7 @@ OpenAI's error body with the right status::
     ├── RequestError              the caller's mistake (4xx)
     │   ├── InvalidRequest        400, a bad field
     │   ├── ModelNotFound         404, unknown model
+    │   ├── NotFound              404, no such file or batch
     │   ├── PayloadTooLarge       413, body over the limit
     │   └── Unprocessable         422, well-formed but cannot be served
     └── BackendError              the upstream failed (5xx, or its own 4xx passed on)
@@ -103,6 +104,11 @@ class InvalidRequest(RequestError):
 class ModelNotFound(RequestError):
     status = 404
     code = "model_not_found"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
 
 
 class PayloadTooLarge(RequestError):

@@ -28,6 +28,8 @@ from wattwise.metering.energy import UNKNOWN, EnergyProfile, EnergyReading, esti
 from wattwise.metering.pricing import Price, cost_usd
 from wattwise.metering.usage import Usage
 from wattwise.metrics import Metrics
+from wattwise.scheduling.dispatch import Dispatcher, Trail
+from wattwise.scheduling.queue import PRIORITIES
 from wattwise.store.records import TraceRecord
 from wattwise.store.sql import TraceStore
 from wattwise.store.writer import TraceWriter
@@ -123,17 +125,21 @@ class Gateway:
     """Routes, calls, meters and records chat requests over the configured backends."""
 
     def __init__(self, *, config: Config, backends: dict[str, Backend], store: TraceStore,
-                 router: RoutePicker | None = None, metrics: Metrics | None = None) -> None:
+                 router: RoutePicker | None = None, metrics: Metrics | None = None,
+                 dispatcher: Dispatcher | None = None) -> None:
         self.config = config
         self.backends = backends
         self.store = store
         self.router: RoutePicker = router or CheapestRule()
         self.metrics = metrics or Metrics()
+        self.dispatcher = dispatcher or Dispatcher.from_backends(backends)
         self.prices = {name: price_of(spec) for name, spec in config.models.items() if name in backends}
         self.profiles = {name: profile_of(spec) for name, spec in config.models.items() if name in backends}
         self.writer = TraceWriter(store=store, batch_size=config.store.batch_size,
                                   flush_interval_s=config.store.flush_interval_s)
         self.started_at = time.time()
+        # Requests in flight by priority; the batch runner fills only what interactive leaves.
+        self.in_flight: dict[str, int] = {"interactive": 0, "batch": 0}
 
     async def start(self) -> None:
         self.writer.start()
@@ -141,7 +147,8 @@ class Gateway:
     async def stop(self) -> None:
         """Flush every trace row, then release backends and the store."""
         self.writer.close()
-        for backend in self.backends.values():
+        closing = {id(b): b for b in [*self.backends.values(), *self.dispatcher.backends()]}
+        for backend in closing.values():
             await backend.aclose()
         self.store.close()
 
@@ -187,10 +194,13 @@ class Gateway:
     # -- calls ---------------------------------------------------------------------------------
 
     def begin(self, body: ChatBody, *, request_id: str, tag: str | None) -> Call:
-        return Call(gateway=self, body=body, request_id=request_id, tag=tag)
+        call = Call(gateway=self, body=body, request_id=request_id, tag=tag)
+        self.in_flight[body.wattwise.priority] += 1  # released in record(), once per call
+        return call
 
     def record(self, call: Call, outcome: Outcome | None, *, status: str, http_status: int,
                error: str | None) -> None:
+        self.in_flight[call.body.wattwise.priority] -= 1
         latency = time.perf_counter() - call.t0
         decision = outcome.decision if outcome else None
         usage = outcome.usage if outcome else None
@@ -251,7 +261,8 @@ class Call:
         """One call of a multi-call policy: metered into the outcome and listed in ``calls``."""
         assert self.outcome is not None
         started = time.perf_counter()
-        done = await self.gateway.backends[model].complete(self.request)
+        done = await self.gateway.dispatcher.complete(model, self.request, priority=self.priority,
+                                                      fallback=False)
         before = self.outcome.cost_usd if self.outcome.usage is not None else 0.0
         self.gateway.meter(self.outcome, usage=done.usage, recorded_cost=done.cost_usd, energy=done.energy,
                            busy_s=time.perf_counter() - started, model=model)
@@ -291,13 +302,31 @@ class Call:
         assert self.outcome is not None
         return self.gateway.backends[self.outcome.decision.model]
 
+    @property
+    def priority(self) -> int:
+        return PRIORITIES[self.body.wattwise.priority]
+
+    def _dispatched(self, trail: Trail) -> None:
+        """Name a fallback (and the failures that led to it) in the decision, hence the trace row."""
+        assert self.outcome is not None
+        decision = self.outcome.decision
+        if trail.fell_back(decision.model):
+            assert trail.model is not None
+            why = "; ".join(trail.notes)
+            self.outcome.decision = replace(decision, model=trail.model,
+                                            reason=f"{decision.reason}; fallback {decision.model}→{trail.model} "
+                                                   f"after {why}")
+
     async def complete(self) -> Outcome:
         decision = self.decide()
         assert self.outcome is not None
         if decision.execute is not None:
             return await self._multi(decision.execute)
         started = time.perf_counter()
-        done: Completion = await self.backend().complete(self.request)
+        trail = Trail()
+        done: Completion = await self.gateway.dispatcher.complete(decision.model, self.request,
+                                                                  priority=self.priority, trail=trail)
+        self._dispatched(trail)
         self.gateway.meter(self.outcome, usage=done.usage, recorded_cost=done.cost_usd,
                            energy=done.energy, busy_s=time.perf_counter() - started)
         self.outcome.text = done.text
@@ -320,14 +349,23 @@ class Call:
             yield StreamEvent(finish_reason=outcome.finish_reason)
             return
         started = time.perf_counter()
-        async for event in self.backend().stream(self.request):
-            if event.delta:
-                if outcome.ttft_s is None:
-                    outcome.ttft_s = time.perf_counter() - self.t0
-                self.parts.append(event.delta)
-            if event.finish_reason is not None:
-                self.gateway.meter(outcome, usage=event.usage or Usage(), recorded_cost=event.cost_usd,
-                                   energy=event.energy, busy_s=time.perf_counter() - started)
-                outcome.finish_reason = event.finish_reason
-                outcome.score = event.score
-            yield event
+        trail, noted = Trail(), False
+        events = self.gateway.dispatcher.stream(decision.model, self.request, priority=self.priority, trail=trail)
+        try:
+            async for event in events:
+                if not noted:
+                    noted = True
+                    self._dispatched(trail)
+                if event.delta:
+                    if outcome.ttft_s is None:
+                        outcome.ttft_s = time.perf_counter() - self.t0
+                    self.parts.append(event.delta)
+                if event.finish_reason is not None:
+                    self.gateway.meter(outcome, usage=event.usage or Usage(), recorded_cost=event.cost_usd,
+                                       energy=event.energy, busy_s=time.perf_counter() - started)
+                    outcome.finish_reason = event.finish_reason
+                    outcome.score = event.score
+                yield event
+        finally:
+            # Closing here (not at garbage collection) frees the replica's slot when the client leaves.
+            await events.aclose()

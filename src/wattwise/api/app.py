@@ -21,13 +21,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from wattwise.api.batch import BATCH_ROUTES
 from wattwise.api.errors import error_response
 from wattwise.api.middleware import WattwiseHeaders
 from wattwise.api.schemas import ChatBody, parse_chat_body
 from wattwise.backends.base import StreamEvent
+from wattwise.batch import BatchRunner
 from wattwise.exceptions import InvalidRequest, PayloadTooLarge, WattwiseError
 from wattwise.gateway import Call, Gateway, Outcome
 from wattwise.metrics import CONTENT_TYPE
+from wattwise.store.batch import BatchStore
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +243,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(gateway: Gateway) -> WattwiseHeaders:
-    """The gateway's ASGI app; starts and stops ``gateway`` with the server's lifespan."""
+    """The gateway's ASGI app; starts and stops ``gateway`` and its batch runner with the server's lifespan."""
+    runner = BatchRunner(gateway=gateway, queue=BatchStore(store=gateway.store), render=completion_body)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        await runner.start()
         try:
             yield
         finally:
+            await runner.stop()
             await gateway.stop()
 
     routes = [
@@ -256,7 +262,9 @@ def create_app(gateway: Gateway) -> WattwiseHeaders:
         Route("/v1/wattwise/feedback", feedback, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *BATCH_ROUTES,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.gateway = gateway
+    app.state.batch_runner = runner
     return WattwiseHeaders(app)

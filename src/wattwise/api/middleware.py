@@ -8,7 +8,9 @@ Usage::
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,18 +19,28 @@ DEFAULTS = ((b"x-wattwise-model", b"none"), (b"x-wattwise-cost-usd", b"0"), (b"x
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    """A random request id, for work that starts outside an HTTP request (batch lines)."""
+    return "req_" + secrets.token_hex(16)
+
+
+def id_factory() -> Callable[[], str]:
+    """Request ids: a random per-process prefix and a counter (unique across replicas without a
+    system call per request, unlike ``uuid4``)."""
+    prefix = "req_" + secrets.token_hex(8)
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):012x}"
 
 
 class WattwiseHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.new_request_id = id_factory()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_request_id()
+        request_id = self.new_request_id()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         rid = request_id.encode()

@@ -18,16 +18,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent
-from wattwise.exceptions import (
-    BackendError,
-    ConfigError,
-    UpstreamError,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
+from wattwise.backends.transport import AiohttpTransport, Transport
+from wattwise.exceptions import BackendError, ConfigError, UpstreamError, UpstreamRejected
 from wattwise.metering.usage import Usage
 
 if TYPE_CHECKING:
@@ -36,24 +29,23 @@ if TYPE_CHECKING:
 
 
 class OpenAIHTTPBackend(Backend):
-    """Calls ``{base_url}/chat/completions`` with pooled connections."""
+    """Calls ``{base_url}/chat/completions`` over an injected :class:`Transport` (aiohttp by default)."""
 
     kind = "openai_http"
 
     def __init__(self, *, name: str, base_url: str, upstream_model: str, api_key: str | None = None,
                  timeout_s: float = 120.0, connect_timeout_s: float = 5.0, max_connections: int = 256,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: Transport | None = None) -> None:
         super().__init__(name=name)
         self.upstream_model = upstream_model
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, transport=transport,
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
-        )
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.headers = {"content-type": "application/json"}
+        if api_key:
+            self.headers["authorization"] = f"Bearer {api_key}"
+        self.transport: Transport = transport or AiohttpTransport(
+            timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, max_connections=max_connections)
 
-    def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
         body: dict[str, Any] = {**request.extra, "model": self.upstream_model,
                                 "messages": request.messages}
         for key in ("max_tokens", "temperature", "top_p", "stop", "seed"):
@@ -65,36 +57,46 @@ class OpenAIHTTPBackend(Backend):
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        return body
+        return json.dumps(body).encode()
 
     async def complete(self, request: ChatRequest) -> Completion:
         try:
-            response = await self._client.post("/chat/completions", json=self._body(request, stream=False))
-        except httpx.HTTPError as exc:
-            raise _map_transport(self.name, exc) from None
-        if response.status_code >= 400:
-            raise _map_status(self.name, response.status_code, response.content)
+            status, content = await self.transport.post(self.url, self._body(request, stream=False),
+                                                        headers=self.headers)
+        except BackendError as exc:
+            raise _named(self.name, exc) from None
+        if status >= 400:
+            raise _map_status(self.name, status, content)
         try:
-            return _parse_completion(response.json())
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            return _parse_completion(json.loads(content))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise UpstreamError(f"model '{self.name}': malformed upstream response ({exc})") from None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         body = self._body(request, stream=True)
         try:
-            async with self._client.stream("POST", "/chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    raise _map_status(self.name, response.status_code, await response.aread())
-                async for event in _parse_sse(self.name, response.aiter_lines()):
+            async with self.transport.stream(self.url, body, headers=self.headers) as (status, lines):
+                if status >= 400:
+                    raise _map_status(self.name, status, b"".join([line async for line in lines]))
+                async for event in _parse_sse(self.name, lines):
                     yield event
-        except httpx.HTTPError as exc:
-            raise _map_transport(self.name, exc) from None
+        except BackendError as exc:
+            raise _named(self.name, exc) from None
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self.transport.aclose()
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.kind, "upstream_model": self.upstream_model}
+
+
+def _named(name: str, exc: BackendError) -> BackendError:
+    """Say which model failed (transport errors do not know it; our own messages already do)."""
+    prefix = f"model '{name}': "
+    if not exc.message.startswith(prefix):
+        exc.message = prefix + exc.message
+        exc.args = (exc.message,)
+    return exc
 
 
 def _parse_completion(data: dict[str, Any]) -> Completion:
@@ -113,14 +115,14 @@ def _logprob(choice: dict[str, Any]) -> float | None:
     return float(sum(item.get("logprob", 0.0) for item in content))
 
 
-async def _parse_sse(name: str, lines: AsyncIterator[str]) -> AsyncIterator[StreamEvent]:
+async def _parse_sse(name: str, lines: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
     finish: str | None = None
     usage: Usage | None = None
     async for line in lines:
-        if not line.startswith("data:"):
+        if not line.startswith(b"data:"):
             continue
         payload = line[5:].strip()
-        if payload == "[DONE]":
+        if payload == b"[DONE]":
             break
         try:
             chunk = json.loads(payload)
@@ -152,12 +154,6 @@ def _map_status(name: str, status: int, content: bytes) -> BackendError:
     if status >= 500:
         return UpstreamError(text)
     return UpstreamRejected(text, status=status, param=param)
-
-
-def _map_transport(name: str, exc: httpx.HTTPError) -> BackendError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"model '{name}': upstream timed out ({type(exc).__name__})")
-    return UpstreamError(f"model '{name}': upstream unreachable ({type(exc).__name__}: {exc})")
 
 
 def from_config(name: str, spec: ModelConfig, context: BuildContext) -> OpenAIHTTPBackend:

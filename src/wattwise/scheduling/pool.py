@@ -2,7 +2,8 @@
 
 A replica counts what it has in flight: requests and *outstanding tokens* (prompt tokens plus the
 tokens still expected out, as estimated when the request was admitted). The default choice is the
-healthy replica, with a free slot, that has the least outstanding tokens per unit of weight.
+healthy replica, with a free slot, that has the least outstanding tokens per unit of weight (on a
+tie, the one with fewer failures in a row, so a retry goes elsewhere).
 
 Usage::
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wattwise.scheduling.breaker import CircuitBreaker
+from wattwise.scheduling.breaker import CLOSED, CircuitBreaker
 
 CHOICES = ("least-tokens", "least-requests", "round-robin")
 
@@ -24,7 +25,7 @@ class Replica:
     """One serving endpoint of a model; ``backend`` is opaque here (the gateway's Backend, or none)."""
 
     __slots__ = ("backend", "breaker", "healthy", "in_flight", "index", "limit", "model", "outstanding",
-                 "weight")
+                 "preemptible", "weight")
 
     def __init__(self, *, model: str, index: int, backend: Any = None, weight: float = 1.0,
                  limit: int | None = None, breaker: CircuitBreaker | None = None) -> None:
@@ -37,6 +38,7 @@ class Replica:
         self.healthy = True
         self.in_flight = 0
         self.outstanding = 0
+        self.preemptible: dict[Any, None] = {}  # batch leases the scheduler may evict, oldest first
 
     def has_room(self) -> bool:
         return self.limit is None or self.in_flight < self.limit
@@ -59,19 +61,30 @@ class ReplicaPool:
         self.choice = choice
         self._next = 0
 
-    def choose(self, now: float) -> Replica | None:
-        """The replica to send the next request to, or None when none can take one now."""
+    def choose(self, now: float, *, preempt: bool = False) -> Replica | None:
+        """The replica to send the next request to, or None when none can take one now.
+
+        With ``preempt``, a full replica that runs preemptible batch work counts as having room.
+        """
         if self.choice == "round-robin":
             return self._round_robin(now)
         by_tokens = self.choice == "least-tokens"
         best: Replica | None = None
         best_key = 0.0
         for replica in self.replicas:
-            if not replica.has_room() or not replica.healthy or not replica.breaker.available(now):
+            # Inlined checks: the simulator calls this once per request, millions of times.
+            limit = replica.limit
+            if limit is not None and replica.in_flight >= limit and not (preempt and replica.preemptible):
+                continue
+            breaker = replica.breaker
+            if breaker.state != CLOSED and not breaker.available(now):
+                continue
+            if not replica.healthy:
                 continue
             key = (replica.outstanding if by_tokens else replica.in_flight) / replica.weight
-            if best is None or key < best_key:
-                best, best_key = replica, key
+            if best is None or key < best_key or (
+                    key == best_key and breaker.consecutive < best.breaker.consecutive):
+                best, best_key = replica, key  # on a tie, the replica that failed least recently
         return best
 
     def _round_robin(self, now: float) -> Replica | None:

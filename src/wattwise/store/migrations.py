@@ -42,8 +42,41 @@ def m0001_requests(dialect: str) -> list[str]:
     ]
 
 
+def m0002_batch(dialect: str) -> list[str]:
+    """The Batch API's durable queue: uploaded and result files, batches, and one row per line."""
+    t = _types(dialect)
+    blob = "BYTEA" if dialect == "postgresql" else "BLOB"
+    return [
+        f"""CREATE TABLE batch_files (
+            id {t['text']} PRIMARY KEY, purpose {t['text']} NOT NULL, filename {t['text']} NOT NULL,
+            bytes {t['int']} NOT NULL, created_at {t['real']} NOT NULL, kind {t['text']} NOT NULL,
+            batch_id {t['text']}, content {blob} NOT NULL
+        )""",
+        f"""CREATE TABLE batches (
+            id {t['text']} PRIMARY KEY, input_file_id {t['text']} NOT NULL, endpoint {t['text']} NOT NULL,
+            completion_window {t['text']} NOT NULL, status {t['text']} NOT NULL,
+            created_at {t['real']} NOT NULL, expires_at {t['real']} NOT NULL, in_progress_at {t['real']},
+            finalizing_at {t['real']}, completed_at {t['real']}, failed_at {t['real']},
+            expired_at {t['real']}, cancelling_at {t['real']}, cancelled_at {t['real']},
+            output_file_id {t['text']}, error_file_id {t['text']}, metadata {t['text']}, errors {t['text']}
+        )""",
+        "CREATE INDEX batches_status ON batches (status)",
+        f"""CREATE TABLE batch_lines (
+            batch_id {t['text']} NOT NULL, line_no {t['int']} NOT NULL, custom_id {t['text']},
+            model {t['text']}, body {t['text']}, state {t['text']} NOT NULL, owner {t['text']}, lease_until {t['real']},
+            attempts {t['int']} NOT NULL DEFAULT 0, request_id {t['text']}, response {t['text']},
+            error {t['text']}, finished_at {t['real']},
+            PRIMARY KEY (batch_id, line_no)
+        )""",
+        "CREATE INDEX batch_lines_state ON batch_lines (state, lease_until)",
+        "CREATE INDEX batch_lines_batch_state ON batch_lines (batch_id, state)",
+        "CREATE INDEX batch_lines_owner ON batch_lines (owner)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_requests", m0001_requests),
+    ("0002_batch", m0002_batch),
 ]
 
 

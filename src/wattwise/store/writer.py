@@ -1,8 +1,9 @@
 """Batched trace writes off the request path.
 
 Requests hand their record to :meth:`TraceWriter.submit` (a non-blocking queue put); one thread
-writes batches. :meth:`close` drains the queue, so a graceful shutdown (SIGTERM/SIGINT through
-the server's lifespan) loses nothing that was submitted.
+wakes every ``flush_interval_s`` and writes what has queued, ``batch_size`` rows a commit.
+:meth:`close` drains the queue, so a graceful shutdown (SIGTERM/SIGINT through the server's
+lifespan) loses nothing that was submitted.
 
 Usage::
 
@@ -34,6 +35,7 @@ class TraceWriter:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="wattwise-trace-writer", daemon=True)
         self._flushed = threading.Condition()
+        self._wake = threading.Event()
         self.submitted = 0
         self.written = 0
         self.failed = 0
@@ -45,23 +47,19 @@ class TraceWriter:
         self.submitted += 1
         self._queue.put(record)
 
-    def _take_batch(self) -> tuple[list[TraceRecord], bool]:
+    def _drain(self) -> tuple[list[TraceRecord], bool]:
+        """Everything queued now. Submitting never wakes this thread (it sleeps a fixed interval),
+        so the event loop does not trade the GIL with it on every request."""
         batch: list[TraceRecord] = []
-        try:
-            item = self._queue.get(timeout=self.flush_interval_s)
-        except queue.Empty:
-            return batch, False
         while True:
-            if item is _STOP:
-                return batch, True
-            assert isinstance(item, TraceRecord)
-            batch.append(item)
-            if len(batch) >= self.batch_size:
-                return batch, False
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return batch, False
+            if item is _STOP:
+                return batch, True
+            assert isinstance(item, TraceRecord)
+            batch.append(item)
 
     def _write(self, batch: list[TraceRecord]) -> None:
         try:
@@ -76,9 +74,10 @@ class TraceWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch, stopping = self._take_batch()
-            if batch:
-                self._write(batch)
+            self._wake.wait(self.flush_interval_s)
+            batch, stopping = self._drain()
+            for start in range(0, len(batch), self.batch_size):
+                self._write(batch[start:start + self.batch_size])
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted so far is written (for tests and reports)."""
@@ -89,4 +88,5 @@ class TraceWriter:
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(_STOP)
+            self._wake.set()
             self._thread.join()

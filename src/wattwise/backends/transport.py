@@ -1,0 +1,132 @@
+"""HTTP transports for the ``openai_http`` backend: a small interface, injected.
+
+:class:`AiohttpTransport` is the default (aiohttp's client costs a fraction of httpx's CPU per
+request, which is most of a gateway's overhead); :class:`MockTransport` answers from a handler
+function, so no test needs the network. Network failures become :class:`UpstreamTimeout` /
+:class:`UpstreamError` here, at the boundary.
+
+Usage::
+
+    def handler(request: MockRequest) -> tuple[int, bytes]:
+        return 200, b'{"choices": [...]}'
+
+    backend = OpenAIHTTPBackend(name="m", base_url="http://x/v1", upstream_model="m",
+                                transport=MockTransport(handler))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from wattwise.exceptions import UpstreamError, UpstreamTimeout
+
+Lines = AsyncIterator[bytes]
+
+
+class Transport(Protocol):
+    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes]:
+        """POST and read the whole reply: (status, body)."""
+        ...
+
+    def stream(self, url: str, body: bytes, *,
+               headers: dict[str, str]) -> AbstractAsyncContextManager[tuple[int, Lines]]:
+        """POST and read the reply line by line; leaving the context closes the connection."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpTransport:
+    """Pooled keep-alive connections; the session is made lazily inside the running event loop."""
+
+    def __init__(self, *, timeout_s: float = 120.0, connect_timeout_s: float = 5.0,
+                 max_connections: int = 256) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                                  skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            async with self._client().post(url, data=body, headers=headers) as response:
+                return response.status, await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _mapped(exc) from None
+
+    @asynccontextmanager
+    async def stream(self, url: str, body: bytes, *, headers: dict[str, str]) -> AsyncIterator[tuple[int, Lines]]:
+        try:
+            async with self._client().post(url, data=body, headers=headers) as response:
+                yield response.status, _lines(response)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _mapped(exc) from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+async def _lines(response: aiohttp.ClientResponse) -> Lines:
+    async for line in response.content:
+        yield line
+
+
+def _mapped(exc: BaseException) -> UpstreamError | UpstreamTimeout:
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"upstream timed out ({type(exc).__name__})")
+    return UpstreamError(f"upstream unreachable ({type(exc).__name__}: {exc})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MockRequest:
+    url: str
+    headers: dict[str, str]
+    json: dict[str, Any]
+
+
+Handler = Callable[[MockRequest], tuple[int, bytes]]
+
+
+class MockTransport:
+    """Answers every request from ``handler``; the handler may raise ``TimeoutError`` or
+    ``ConnectionError`` to play a slow or unreachable upstream."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def _call(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            return self.handler(MockRequest(url=url, headers=headers, json=json.loads(body)))
+        except (TimeoutError, ConnectionError) as exc:
+            raise _mapped(exc) from None
+
+    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes]:
+        await asyncio.sleep(0)
+        return self._call(url, body, headers)
+
+    @asynccontextmanager
+    async def stream(self, url: str, body: bytes, *, headers: dict[str, str]) -> AsyncIterator[tuple[int, Lines]]:
+        status, content = self._call(url, body, headers)
+
+        async def lines() -> Lines:
+            for line in content.splitlines(keepends=True):
+                await asyncio.sleep(0)
+                yield line
+
+        yield status, lines()
+
+    async def aclose(self) -> None:
+        return None

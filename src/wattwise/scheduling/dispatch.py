@@ -1,0 +1,229 @@
+"""The gateway's side of scheduling: wait for a lease, call the replica, retry, fall back.
+
+:class:`Dispatcher` wraps the synchronous :class:`~wattwise.scheduling.scheduler.Scheduler` for
+asyncio. A call is tried on the requested model (``1 + retries`` attempts, with exponential backoff
+between them, each on the replica the scheduler picks then), then on each ``fallback`` model in turn.
+Only upstream failures that another attempt could cure are retried (5xx, timeouts, 429); the
+caller's own mistakes are not. A stream is retried only before its first event has been passed on.
+Every failed attempt feeds the replica's circuit breaker; a model whose replicas are all broken is
+skipped at once.
+
+Usage::
+
+    dispatcher = Dispatcher.from_backends({"m": MockBackend(name="m")})
+    trail = Trail()
+    completion = await dispatcher.complete("m", request, priority=INTERACTIVE, trail=trail)
+    trail.model, trail.notes          # who answered, and what went wrong on the way
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent
+from wattwise.exceptions import BackendError, UpstreamError, UpstreamRejected, UpstreamTimeout, WattwiseError
+from wattwise.scheduling.breaker import CircuitBreaker
+from wattwise.scheduling.clock import Clock, MonotonicClock
+from wattwise.scheduling.pool import Replica, ReplicaPool
+from wattwise.scheduling.queue import INTERACTIVE
+from wattwise.scheduling.scheduler import Lease, ModelPolicy, Scheduler, Ticket
+
+T = TypeVar("T")
+
+
+class Unavailable(UpstreamError):
+    """Every replica of a model has its circuit breaker open or is marked unhealthy."""
+
+    code = "model_unavailable"
+
+
+def retryable(exc: BaseException) -> bool:
+    """Could another attempt (or another model) cure this failure?"""
+    if isinstance(exc, UpstreamRejected):
+        return exc.status == 429
+    return isinstance(exc, UpstreamError | UpstreamTimeout)
+
+
+def breaker_verdict(exc: BaseException) -> bool | None:
+    """Does this failure count against the replica? The caller's mistakes do not."""
+    if isinstance(exc, UpstreamRejected):
+        return False if exc.status == 429 else None
+    return False if isinstance(exc, BackendError) else None
+
+
+@dataclass(kw_only=True)
+class Trail:
+    """What dispatch did for one call: the model that answered, its replica, and each failure."""
+
+    model: str | None = None
+    replica: int | None = None
+    attempts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def fell_back(self, requested: str) -> bool:
+        return self.model is not None and self.model != requested
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """Tokens a request will hold on a replica: prompt (≈4 characters a token) plus its output cap."""
+    return len(request.prompt_text()) // 4 + (request.max_tokens or 256)
+
+
+class Dispatcher:
+    """Leases, retries, backoff and fallback over the scheduler, for the asyncio gateway."""
+
+    def __init__(self, *, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    @classmethod
+    def from_backends(cls, backends: dict[str, Backend], *, clock: Clock | None = None) -> Dispatcher:
+        """One replica per backend, no limits, no retries: plain pass-through dispatch."""
+        pools = {name: ReplicaPool(model=name, replicas=[Replica(model=name, index=0, backend=b)])
+                 for name, b in backends.items()}
+        return cls(scheduler=Scheduler(clock=clock or MonotonicClock(), pools=pools))
+
+    @classmethod
+    def from_replicas(cls, replicas: dict[str, list[tuple[Backend, float]]], *,
+                      policies: dict[str, ModelPolicy], breakers: dict[str, tuple[int, float]],
+                      clock: Clock | None = None) -> Dispatcher:
+        """Pools from ``model → [(backend, weight)]``; ``breakers``: ``model → (failures, cooldown_s)``."""
+        pools = {}
+        for name, members in replicas.items():
+            failures, cooldown = breakers.get(name, (5, 30.0))
+            pools[name] = ReplicaPool(model=name, replicas=[
+                Replica(model=name, index=i, backend=backend, weight=weight,
+                        breaker=CircuitBreaker(failures=failures, cooldown_s=cooldown))
+                for i, (backend, weight) in enumerate(members)])
+        return cls(scheduler=Scheduler(clock=clock or MonotonicClock(), pools=pools, policies=policies))
+
+    def backends(self) -> list[Backend]:
+        """Every replica's backend, each once."""
+        seen: dict[int, Backend] = {}
+        for name in self.scheduler.describe():
+            for replica in self.scheduler.pool(name).replicas:
+                seen.setdefault(id(replica.backend), replica.backend)
+        return list(seen.values())
+
+    async def aclose(self) -> None:
+        for backend in self.backends():
+            await backend.aclose()
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def acquire(self, model: str, *, tokens: int, priority: int = INTERACTIVE, prompt: int = 0) -> Lease:
+        """A lease on a replica of ``model``, waiting in the priority queue when all are busy."""
+        scheduler = self.scheduler
+        if not scheduler.available(model):
+            raise Unavailable(f"every replica of {model!r} is unavailable (circuit open)")
+        lease = scheduler.try_acquire(model, tokens=tokens, priority=priority, prompt=prompt)
+        if lease is not None:
+            return lease
+        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+
+        def grant(granted: Lease) -> bool:
+            if future.done():
+                return False
+            future.set_result(granted)
+            return True
+
+        ticket = Ticket(model=model, tokens=tokens, priority=priority, grant=grant, prompt=prompt)
+        scheduler.submit(ticket)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            ticket.cancelled = True
+            raise
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    async def complete(self, model: str, request: ChatRequest, *, priority: int = INTERACTIVE,
+                       trail: Trail | None = None, fallback: bool = True) -> Completion:
+        """One completion, retried and falling back as the models' policies say."""
+
+        async def once(backend: Backend) -> Completion:
+            return await backend.complete(request)
+
+        _, done = await self._attempts(model, request, priority, trail or Trail(), fallback, once)
+        return done
+
+    async def stream(self, model: str, request: ChatRequest, *, priority: int = INTERACTIVE,
+                     trail: Trail | None = None) -> AsyncGenerator[StreamEvent, None]:
+        """Stream events; failures before the first event are retried and fall back like ``complete``.
+
+        ``trail.model`` is set before the first event is yielded; the lease is held to the end.
+        """
+
+        async def open_first(backend: Backend) -> tuple[AsyncIterator[StreamEvent], StreamEvent | None]:
+            events = backend.stream(request)
+            try:
+                return events, await events.__anext__()
+            except StopAsyncIteration:
+                return events, None
+            except BaseException:
+                await _close(events)
+                raise
+
+        lease, (events, first) = await self._attempts(model, request, priority, trail or Trail(), True,
+                                                      open_first, hold=True)
+        ok: bool | None = True
+        self.scheduler.first_token(lease)
+        try:
+            if first is not None:
+                yield first
+                async for event in events:
+                    yield event
+        except WattwiseError as exc:
+            ok = breaker_verdict(exc)
+            raise
+        except BaseException:
+            ok = None
+            raise
+        finally:
+            self.scheduler.release(lease, ok=ok)
+            await _close(events)
+
+    async def _attempts(self, model: str, request: ChatRequest, priority: int, trail: Trail,
+                        fallback: bool, once: Callable[[Backend], Awaitable[T]], *,
+                        hold: bool = False) -> tuple[Lease, T]:
+        tokens = estimate_tokens(request)
+        prompt = len(request.prompt_text()) // 4
+        last: WattwiseError | None = None
+        for name in self.scheduler.candidates(model) if fallback else [model]:
+            policy = self.scheduler.policy(name)
+            for attempt in range(policy.retries + 1):
+                if attempt:
+                    await self.scheduler.clock.sleep(policy.backoff(attempt - 1))
+                try:
+                    lease = await self.acquire(name, tokens=tokens, priority=priority, prompt=prompt)
+                except Unavailable as exc:
+                    trail.notes.append(f"{name}: {exc.message}")
+                    last = exc
+                    break
+                trail.attempts += 1
+                try:
+                    result = await once(lease.replica.backend)
+                except WattwiseError as exc:
+                    self.scheduler.release(lease, ok=breaker_verdict(exc))
+                    trail.notes.append(f"{name}#{lease.replica.index}: {type(exc).__name__}: {exc.message}")
+                    if not retryable(exc):
+                        raise
+                    last = exc
+                    continue
+                except BaseException:
+                    self.scheduler.release(lease)
+                    raise
+                if not hold:
+                    self.scheduler.release(lease, ok=True)
+                trail.model, trail.replica = name, lease.replica.index
+                return lease, result
+        assert last is not None
+        raise last
+
+
+async def _close(events: AsyncIterator[Any]) -> None:
+    closer = getattr(events, "aclose", None)
+    if closer is not None:
+        await closer()

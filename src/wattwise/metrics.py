@@ -32,6 +32,8 @@ class Metrics:
         self.ttft = Histogram("wattwise_time_to_first_token_seconds", "Time to first token (streams)",
                               ["model"], registry=r)
         self.in_flight = Gauge("wattwise_in_flight_requests", "Requests being served", registry=r)
+        self.trace_backlog = Gauge("wattwise_trace_backlog", "Trace rows accepted but not yet written",
+                                   registry=r)
 
     def observe(self, *, model: str, status: str, usage: Usage | None, cost: float | None,
                 energy: EnergyReading | None, latency_s: float, ttft_s: float | None = None) -> None:

@@ -214,6 +214,8 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
+    writer = gateway.writer
+    gateway.metrics.trace_backlog.set(writer.submitted - writer.written - writer.failed)
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 

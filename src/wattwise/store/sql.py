@@ -20,6 +20,9 @@ from wattwise.exceptions import StoreError
 from wattwise.store.migrations import apply_migrations
 from wattwise.store.records import COLUMNS, TraceRecord
 
+# Rows per INSERT statement: 27 columns × 512 rows stays under SQLite's 32,766 bound parameters.
+INSERT_CHUNK = 512
+
 
 class TraceStore:
     """A connection factory plus the few queries the gateway and reports need.
@@ -66,23 +69,38 @@ class TraceStore:
         return apply_migrations(self.conn, dialect=self.dialect)
 
     def insert(self, records: Sequence[TraceRecord]) -> None:
+        """Insert rows with one multi-row statement per chunk.
+
+        One statement per chunk, not one per row: the database call releases the GIL, and a writer
+        thread that has to win the GIL back from a busy event loop for every row falls behind.
+        """
         if not records:
             return
-        marks = ", ".join([self._mark] * len(COLUMNS))
-        sql = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({marks})"
         conn = self.conn
-        rows = [r.as_tuple() for r in records]
+        row = "(" + ", ".join([self._mark] * len(COLUMNS)) + ")"
+        head = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
         try:
             if self.dialect == "postgresql":
                 with conn.transaction():
-                    conn.cursor().executemany(sql, rows)
+                    self._insert_chunks(conn.cursor(), head, row, records)
             else:
-                conn.cursor().executemany(sql, rows)
+                self._insert_chunks(conn.cursor(), head, row, records)
                 conn.commit()
         except Exception as exc:
             if self.dialect == "sqlite":
                 conn.rollback()
             raise StoreError(f"trace insert failed: {exc}") from exc
+
+    @staticmethod
+    def _insert_chunks(cur: Any, head: str, row: str, records: Sequence[TraceRecord]) -> None:
+        # Chunks of power-of-two sizes: a handful of distinct statements for the driver's
+        # statement cache instead of one per batch size.
+        start = 0
+        while start < len(records):
+            size = min(INSERT_CHUNK, 1 << ((len(records) - start).bit_length() - 1))
+            chunk = records[start:start + size]
+            cur.execute(head + ", ".join([row] * size), [v for r in chunk for v in r.as_tuple()])
+            start += size
 
     def fetch(self, *, since: float | None = None, until: float | None = None) -> list[TraceRecord]:
         clauses, args = [], []

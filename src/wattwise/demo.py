@@ -93,9 +93,17 @@ async def _send_all(base_url: str, model: str, tag: str, prompts: Sequence[str],
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
 
         async def one(prompt: str) -> None:
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
             async with limit:
-                response = await client.post("/v1/chat/completions", headers={"x-wattwise-tag": tag},
-                                             json={"model": model, "messages": [{"role": "user", "content": prompt}]})
+                for attempt in range(3):
+                    try:
+                        response = await client.post("/v1/chat/completions", headers={"x-wattwise-tag": tag},
+                                                     json=body)
+                        break
+                    except httpx.TransportError:
+                        # A keep-alive connection closed under us (a starved machine): send again.
+                        if attempt == 2:
+                            raise
             totals.requests += 1
             if response.status_code != 200:
                 totals.errors += 1

@@ -4,19 +4,27 @@ Time is a :class:`~wattwise.scheduling.clock.VirtualClock`. Admission, replica c
 queue, per-model limits and batch preemption are the gateway's own
 :class:`~wattwise.scheduling.scheduler.Scheduler` and
 :class:`~wattwise.scheduling.batchfill.BatchFiller`; the only modelled part is the backend, a
-:class:`SimReplica` per replica (continuous batching):
+:class:`SimReplica` per replica (continuous batching with chunked prefill on one compute lane):
 
-* every running sequence gains one token per decode step; the step time and the power depend on the
-  running batch size (:class:`~wattwise.sim.profiles.StepProfile`, looked up in a table);
-* a new sequence first waits for its prefill (compute-bound latency, FIFO per replica; interactive
-  prefills go before batch ones), then decodes; its first token comes one step after the prefill;
+* every running sequence gains one token per decode step; the pure decode step time and the power
+  depend on the running batch size (:meth:`~wattwise.sim.profiles.StepProfile.decode_step_s`: the
+  measured step less the benchmark's own prefill share, looked up in a table);
+* prefill shares the GPU with decoding. Each admitted sequence adds its prompt's prefill time
+  (compute-bound: ``2 · active params`` FLOPs a token at ``prefill_mfu`` of peak dense bf16) to the
+  replica's queue of prefill work; while that queue is not empty every step carries up to
+  ``prefill_chunk_tokens`` of it (vLLM's chunked prefill), so a step lasts ``decode step + chunk``
+  and decoding slows down by exactly the prefill time spent. Interactive prefill goes before batch
+  prefill. A re-admitted (evicted) batch job prefills its prompt and the tokens it had made again
+  (recompute, as vLLM V1 preempts);
+* a sequence decodes once its own prompt is through; its first token comes one decode step later;
+* the replica draws its busy power (at the running batch size) while it decodes or prefills, and
+  its GPUs' idle power when nothing runs;
 * between events the batch is constant, so the engine jumps straight to the next completion instead of
-  stepping token by token (events per request: one arrival, one completion);
-* a replica with nothing running draws its GPUs' idle power.
+  stepping token by token (events per request: one arrival, one completion).
 
 Usage::
 
-    result = simulate(fleet=fleet, trace=trace, batch_fill=True)
+    result = simulate(fleet=fleet, trace=trace, profiles=profiles, batch_fill=True)
     result.summary()["utilization"]
 """
 
@@ -42,7 +50,7 @@ EPS = 1e-6
 class Seq:
     """One sequence on a replica (an interactive request, or a batch job's current run)."""
 
-    __slots__ = ("arrival", "cancelled", "decode_at", "first", "job", "lease", "out")
+    __slots__ = ("arrival", "cancelled", "decode_at", "first", "job", "lease", "out", "prefill")
 
     def __init__(self, *, arrival: float, out: int, lease: Lease, job: Job | None = None) -> None:
         self.arrival = arrival
@@ -51,6 +59,7 @@ class Seq:
         self.job = job
         self.first = 0.0
         self.decode_at = 0.0
+        self.prefill = 0.0
         self.cancelled = False
 
 
@@ -65,24 +74,32 @@ class Job:
 
 
 class SimReplica:
-    """The modelled backend of one replica: continuous batching on a step-time/power table."""
+    """The modelled backend of one replica: decode steps and chunked prefill on one compute lane.
 
-    __slots__ = ("b", "counter", "energy", "heap", "idle_w", "limit", "occ", "prefill_b", "prefill_i",
-                 "prefill_per_token", "steps", "t_last", "version", "watts")
+    ``work`` is the queued prefill (GPU seconds), ``work_i`` its interactive part (done first);
+    ``counter`` counts decode steps since the start (every running sequence gains one per step).
+    While ``work`` is queued a step lasts ``steps[b] + chunk`` and drains ``chunk`` of it, so the
+    counter moves by drained work ÷ ``chunk`` whatever the batch size.
+    """
 
-    def __init__(self, *, profile: StepProfile, limit: int, mfu: float) -> None:
-        self.steps, self.watts = profile.table(limit)
+    __slots__ = ("b", "busy", "chunk", "counter", "energy", "heap", "idle_w", "limit", "occ", "per_token",
+                 "steps", "t_last", "version", "watts", "work", "work_i")
+
+    def __init__(self, *, profile: StepProfile, limit: int, mfu: float, chunk_tokens: int = 8192) -> None:
+        self.steps, self.watts = profile.table(limit, mfu=mfu)
         self.idle_w = profile.idle_w
-        self.prefill_per_token = profile.prefill_s(1, mfu=mfu)
+        self.per_token = profile.prefill_s(1, mfu=mfu)
+        self.chunk = max(chunk_tokens * self.per_token, 1e-9)
         self.limit = limit
         self.b = 0
-        self.counter = 0.0  # decode steps done since the start (every running sequence gains one per step)
+        self.counter = 0.0
         self.t_last = 0.0
         self.energy = 0.0
         self.occ = 0.0  # ∫ running sequences dt
+        self.busy = 0.0  # GPU seconds of prefill charged
+        self.work = 0.0
+        self.work_i = 0.0
         self.heap: list[tuple[float, int, Seq]] = []
-        self.prefill_i = 0.0
-        self.prefill_b = 0.0
         self.version = 0
 
     def advance(self, now: float) -> None:
@@ -91,12 +108,51 @@ class SimReplica:
             return
         b = self.b
         if b:
-            self.counter += dt / self.steps[b]
+            if self.work > 0.0:
+                self._mixed(dt, self.steps[b])
+            else:
+                self.counter += dt / self.steps[b]
             self.energy += self.watts[b] * dt
             self.occ += b * dt
         else:
             self.energy += self.idle_w * dt
         self.t_last = now
+
+    def _mixed(self, dt: float, step: float) -> None:
+        """``dt`` seconds of steps that each carry a prefill chunk, until the queued prefill runs out."""
+        chunk, work = self.chunk, self.work
+        period = step + chunk
+        drain = work * period / chunk
+        if dt < drain:
+            done = dt * chunk / period
+            self.counter += dt / period
+            self.work = work - done
+            self.work_i = self.work_i - done if self.work_i > done else 0.0
+        else:
+            self.counter += work / chunk + (dt - drain) / step
+            self.work = self.work_i = 0.0
+
+    def finish_time(self, steps: float) -> float:
+        """When ``steps`` more decode steps are done, if nothing changes before."""
+        step = self.steps[self.b]
+        work = self.work
+        if work <= 0.0:
+            return self.t_last + steps * step
+        chunk = self.chunk
+        if steps <= work / chunk:  # every one of these steps still carries a prefill chunk
+            return self.t_last + steps * (step + chunk)
+        return self.t_last + work + steps * step
+
+    def refund(self, seq: Seq) -> None:
+        """An evicted batch sequence: the part of its prefill not yet done is not done at all.
+
+        The newest batch sequence (the one evicted) is last in the queue: interactive work is ahead
+        and batch work is first-in first-out.
+        """
+        left = min(seq.prefill, self.work - self.work_i)
+        if left > 0.0:
+            self.work -= left
+            self.busy -= left
 
 
 @dataclass(kw_only=True)
@@ -132,11 +188,11 @@ class Engine:
 
     def _pools(self, choice: str) -> dict[str, ReplicaPool]:
         pools = {}
-        mfu = self.fleet.fleet.prefill_mfu
+        mfu, chunk = self.fleet.fleet.prefill_mfu, self.fleet.fleet.prefill_chunk_tokens
         for name, spec in self.fleet.models.items():
             members = []
             for i in range(spec.replicas):
-                sim = SimReplica(profile=self.profiles[name], limit=spec.batch_limit, mfu=mfu)
+                sim = SimReplica(profile=self.profiles[name], limit=spec.batch_limit, mfu=mfu, chunk_tokens=chunk)
                 self.replicas.append(sim)
                 members.append(Replica(model=name, index=i, backend=sim, limit=spec.batch_limit))
             pools[name] = ReplicaPool(model=name, replicas=members, choice=choice)
@@ -161,29 +217,22 @@ class Engine:
 
     def _admit(self, seq: Seq, prefill_tokens: int, now: float) -> None:
         rep: SimReplica = seq.lease.replica.backend
-        # rep.advance(now), inlined: this runs once per request and per batch job.
-        dt = now - rep.t_last
-        b = rep.b
-        if dt > 0.0:
-            if b:
-                rep.counter += dt / rep.steps[b]
-                rep.energy += rep.watts[b] * dt
-                rep.occ += b * dt
-            else:
-                rep.energy += rep.idle_w * dt
-            rep.t_last = now
-        prefill = prefill_tokens * rep.prefill_per_token
+        rep.advance(now)
+        prefill = seq.prefill = prefill_tokens * rep.per_token
+        rep.busy += prefill
+        rep.work += prefill
         if seq.job is None:
-            start = rep.prefill_i if rep.prefill_i > now else now
-            done = rep.prefill_i = start + prefill
+            rep.work_i += prefill
+            ahead = rep.work_i  # interactive prefill jumps the batch prefill queued before it
         else:
-            start = max(now, rep.prefill_i, rep.prefill_b)
-            done = rep.prefill_b = start + prefill
-        b += 1
-        rep.b = b
-        step = rep.steps[b]
-        seq.first = done + step
-        seq.decode_at = rep.counter + (done - now) / step
+            ahead = rep.work
+        b = rep.b = rep.b + 1
+        step, chunk = rep.steps[b], rep.chunk
+        # Decode steps tick at one per drained chunk while prefill is queued, so this sequence starts
+        # decoding ``ahead / chunk`` steps from now (batch work that interactive work later jumps
+        # ahead of starts a little early: a few steps, ignored).
+        seq.decode_at = rep.counter + ahead / chunk
+        seq.first = now + ahead * (step + chunk) / chunk + step
         heapq.heappush(rep.heap, (seq.decode_at + seq.out, id(seq), seq))
         if seq.job is None:
             heapq.heappush(self.firsts, (seq.first, id(seq), seq.lease))
@@ -196,8 +245,11 @@ class Engine:
             heapq.heappop(heap)
         if heap:
             left = heap[0][0] - rep.counter
-            t = rep.t_last + (left if left > 0.0 else 0.0) * rep.steps[rep.b]
+            t = rep.finish_time(left if left > 0.0 else 0.0)
             heapq.heappush(self.events, (t, rep.version, id(rep), rep))
+        elif rep.work > 0.0:  # left over by the early start noted in _admit: nobody waits for it
+            rep.busy -= rep.work
+            rep.work = rep.work_i = 0.0
 
     def _start_request(self, lease: Lease) -> bool:
         arrival, inp, out = lease.tag
@@ -217,9 +269,10 @@ class Engine:
         rep.advance(self.clock.t)
         made = int(min(seq.out, max(0.0, rep.counter - seq.decode_at)))
         job.remaining -= made
-        job.input_tokens += made  # recomputed on resumption
+        job.input_tokens += made  # prompt and tokens made are prefilled again on resumption (recompute)
         self.stats.batch_tokens += made
         seq.cancelled = True
+        rep.refund(seq)
         rep.b -= 1
         self._reschedule(rep)
 
@@ -330,6 +383,7 @@ class Engine:
                       utilization=sum(r.occ / r.limit for r in reps) / (len(reps) * t_end) if t_end else 0.0,
                       energy_j=sum(r.energy for r in reps), usd=gpu_hours, slo=self.fleet.slo,
                       samples=stats.samples, evictions=sum(f.evictions for f in self.fillers),
+                      prefill_share=sum(r.busy for r in reps) / (len(reps) * t_end) if t_end else 0.0,
                       profiles={name: p.source for name, p in self.profiles.items()})
 
 

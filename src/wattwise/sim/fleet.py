@@ -5,6 +5,8 @@
     [fleet]
     name = "m-large on H100"
     profiles = "builtin"                # or a folder of ML.ENERGY files
+    prefill_mfu = 0.5                   # prefill runs at this share of peak dense bf16
+    prefill_chunk_tokens = 8192         # prompt tokens per step at most (chunked prefill's token budget)
 
     [models.llama70b]
     profile = "meta-llama/Llama-3.1-70B-Instruct"   # ML.ENERGY model id; or give params_b for a roofline
@@ -107,6 +109,7 @@ class FleetMeta(_Strict):
     name: str = "fleet"
     profiles: str = "builtin"
     prefill_mfu: float = Field(default=0.5, gt=0, le=1)
+    prefill_chunk_tokens: int = Field(default=8192, ge=16, le=1_000_000)
 
 
 class Fleet(_Strict):

@@ -4,11 +4,25 @@ A :class:`StepProfile` is built either from ML.ENERGY leaderboard measurements (
 (model, GPU, GPU count) series over batch limits) or from a memory-bandwidth roofline.
 
 *Measured.* For each configuration, the effective step time is ``avg_batch_size /
-output_throughput`` (it includes the prefill work interleaved with decoding at that load, so
-throughput and energy per token come out right), and the power is ``avg_power_watts`` (all GPUs).
-Both are interpolated piecewise-linearly in the batch size; below the smallest measured batch the
-step time follows the line through the first two points (never below half the first), above the
-largest it follows the line through the last two; power is held at the nearest end.
+output_throughput`` and the power is ``avg_power_watts`` (all GPUs). Both are interpolated
+piecewise-linearly in the batch size; below the smallest measured batch the step time follows the
+line through the first two points (never below half the first), above the largest it follows the
+line through the last two; power is held at the nearest end.
+
+*Decode step versus prefill.* The measured effective step time is steady state: it already holds the
+prefill of the benchmark's own prompts, interleaved with decoding. The engine charges prefill
+separately (per admitted prompt token), so it must not get it twice: :meth:`StepProfile.decode_step_s`
+takes the benchmark's share back out. Per running sequence and step the benchmark prefilled
+``prompt / output`` tokens (its mean prompt length, stated per task in :data:`BENCH_PROMPT_TOKENS`,
+over its measured mean output length), each costing ``2 · active params`` FLOPs at ``mfu`` of the
+replica's peak dense bf16; so ``decode(b) = effective(b) − b · (prompt / output) · prefill_s_per_token``.
+At the benchmark's own mix, decode plus prefill gives back the measured step time exactly. The
+stated prompt length of ``lm-arena-chat`` (250 tokens) is the one at which this decode step matches
+vLLM's measured median inter-token latency on the dense models (8B to 405B: 180 to 350 tokens at
+``mfu`` 0.5).
+
+Peak dense bf16 (data sheets, SXM, no sparsity): H100 989 TFLOPS, H200 989 TFLOPS (the same die),
+B200 2,250 TFLOPS.
 
 *Roofline*, for a GPU or a model that was not measured: when the model was measured on another GPU,
 its step times are scaled by the ratio of total memory bandwidths (decode is bandwidth-bound) and its
@@ -21,6 +35,7 @@ Usage::
     catalog = ProfileCatalog.shipped()                   # or ProfileCatalog.from_dir(path)
     profile = catalog.profile(model="meta-llama/Llama-3.1-8B-Instruct", gpu="H100", gpus=1)
     profile.step_s(64), profile.watts(64), profile.idle_w
+    profile.decode_step_s(64, mfu=0.5), profile.prefill_s(1000, mfu=0.5)
 """
 
 from __future__ import annotations
@@ -56,6 +71,11 @@ class Gpu:
     usd_per_hour: float
 
 
+# Mean prompt tokens of each ML.ENERGY v3 task (stated, not in the files): lm-arena-chat fitted to the
+# median inter-token latency (see the module docstring); gpqa and sourcegraph-fim are guesses, and
+# matter little for gpqa (thousands of output tokens a prompt).
+BENCH_PROMPT_TOKENS: dict[str, float] = {"lm-arena-chat": 250.0, "gpqa": 300.0, "sourcegraph-fim": 2000.0}
+
 # Idle draw and $/hour are stated assumptions (typical SXM idle; 2025 cloud on-demand order of magnitude).
 GPUS: dict[str, Gpu] = {g.name: g for g in (
     Gpu(name="A100", bandwidth_tb_s=2.04, tdp_w=400, idle_w=55, memory_gb=80, bf16_tflops=312, usd_per_hour=1.8),
@@ -83,6 +103,8 @@ class Point:
     watts: float
     tokens_per_s: float
     joules_per_token: float
+    output_len: float = 0.0
+    itl_s: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +118,8 @@ class StepProfile:
     points: tuple[Point, ...] = ()
     active_params_b: float = 0.0
     roofline: dict[str, float] = field(default_factory=dict)
+    # Prefill seconds at 100% of peak that the benchmark put into each running sequence's step.
+    mix_prefill_s: float = 0.0
 
     @property
     def idle_w(self) -> float:
@@ -118,16 +142,39 @@ class StepProfile:
             return self.gpus * (g.idle_w + (g.tdp_w - g.idle_w) * share)
         return _interp(self.points, batch, lambda p: p.watts, extrapolate=False)
 
-    def prefill_s(self, tokens: int, *, mfu: float = 0.5) -> float:
-        """Latency of prefilling ``tokens`` prompt tokens, compute-bound at ``mfu`` of peak bf16."""
-        flops = 2.0 * self.active_params_b * 1e9 * tokens
-        return flops / (self.gpus * self.gpu.bf16_tflops * 1e12 * mfu)
+    def prefill_s(self, tokens: float, *, mfu: float = 0.5) -> float:
+        """GPU time of prefilling ``tokens`` prompt tokens, compute-bound at ``mfu`` of peak dense bf16."""
+        return prefill_seconds(tokens, active_params_b=self.active_params_b, gpu=self.gpu, gpus=self.gpus, mfu=mfu)
 
-    def table(self, limit: int) -> tuple[list[float], list[float]]:
-        """Step time and power for batch sizes 0..limit, for O(1) lookups in the engine."""
-        steps = [self.step_s(max(b, 1)) for b in range(limit + 1)]
+    def mix_step_s(self, batch: float, *, mfu: float = 0.5) -> float:
+        """Prefill time the benchmark's prompt mix put into one step at this batch size."""
+        return batch * self.mix_prefill_s / mfu
+
+    def decode_step_s(self, batch: float, *, mfu: float = 0.5) -> float:
+        """Seconds of one pure decode step: the effective step less the benchmark's prefill share."""
+        step = self.step_s(batch)
+        return max(step - self.mix_step_s(batch, mfu=mfu), 0.3 * step)
+
+    def table(self, limit: int, *, mfu: float = 0.5) -> tuple[list[float], list[float]]:
+        """Decode step time and power for batch sizes 0..limit, for O(1) lookups in the engine."""
+        steps = [self.decode_step_s(max(b, 1), mfu=mfu) for b in range(limit + 1)]
         watts = [self.watts(b) for b in range(limit + 1)]
         return steps, watts
+
+
+def prefill_seconds(tokens: float, *, active_params_b: float, gpu: Gpu, gpus: int, mfu: float = 0.5) -> float:
+    """Compute-bound prefill: ``2 · active params`` FLOPs a token at ``mfu`` of the GPUs' peak dense bf16."""
+    return 2.0 * active_params_b * 1e9 * tokens / (gpus * gpu.bf16_tflops * 1e12 * mfu)
+
+
+def mix_prefill(points: tuple[Point, ...], *, prompt_tokens: float, active_params_b: float, gpu: Gpu,
+                gpus: int) -> float:
+    """Prefill seconds (at 100% of peak) per running sequence and step in a measured series."""
+    outputs = [p.output_len for p in points if p.output_len > 0]
+    if not outputs or prompt_tokens <= 0:
+        return 0.0
+    per_step = prompt_tokens / (sum(outputs) / len(outputs))
+    return prefill_seconds(per_step, active_params_b=active_params_b, gpu=gpu, gpus=gpus, mfu=1.0)
 
 
 def _interp(points: tuple[Point, ...], x: float, get: Any, *, extrapolate: bool) -> float:
@@ -157,7 +204,9 @@ def points_of(configs: list[dict[str, Any]]) -> tuple[Point, ...]:
         batch = float(c["avg_batch_size"])
         out.append(Point(max_num_seqs=int(c["max_num_seqs"]), batch=batch, step_s=batch / tps,
                          watts=float(c["avg_power_watts"]), tokens_per_s=tps,
-                         joules_per_token=float(c["energy_per_token_joules"])))
+                         joules_per_token=float(c["energy_per_token_joules"]),
+                         output_len=float(c.get("avg_output_len") or 0.0),
+                         itl_s=float(c.get("median_itl_ms") or 0.0) / 1000.0))
     return tuple(sorted(out, key=lambda p: p.batch))
 
 
@@ -198,6 +247,11 @@ class ProfileCatalog:
         data = self.files.get(model, {})
         return float(data.get("activated_params_billions") or data.get("total_params_billions") or 0.0)
 
+    def prompt_tokens(self, model: str) -> float:
+        """The stated mean prompt length of the benchmark task this model's file measured."""
+        task = str(self.files.get(model, {}).get("task", "lm-arena-chat"))
+        return BENCH_PROMPT_TOKENS.get(task, BENCH_PROMPT_TOKENS["lm-arena-chat"])
+
     def profile(self, *, model: str, gpu: str, gpus: int, params_b: float | None = None,
                 active_params_b: float | None = None, bytes_per_param: float = 2.0,
                 kv_bytes_per_seq: float | None = None) -> StepProfile:
@@ -206,8 +260,10 @@ class ProfileCatalog:
         active = active_params_b or self.active_params(model) or params_b or 0.0
         points = self.measured(model, target.name, gpus)
         if points:
+            mix = mix_prefill(points, prompt_tokens=self.prompt_tokens(model), active_params_b=active, gpu=target,
+                              gpus=gpus)
             return StepProfile(model=model, gpu=target, gpus=gpus, source="measured", points=points,
-                               active_params_b=active)
+                               active_params_b=active, mix_prefill_s=mix)
         shapes = self.shapes(model)
         if shapes:
             # The nearest measured shape: same GPU count first, then the closest memory bandwidth.
@@ -224,16 +280,22 @@ class ProfileCatalog:
 
     def _scaled(self, model: str, src: Gpu, src_gpus: int, dst: Gpu, gpus: int, active: float) -> StepProfile:
         return scaled_profile(model, self.measured(model, src.name, src_gpus), src=src, src_gpus=src_gpus,
-                              dst=dst, gpus=gpus, active_params_b=active)
+                              dst=dst, gpus=gpus, active_params_b=active, prompt_tokens=self.prompt_tokens(model))
 
 
 def scaled_profile(model: str, points: tuple[Point, ...], *, src: Gpu, src_gpus: int, dst: Gpu, gpus: int,
-                   active_params_b: float = 0.0) -> StepProfile:
-    """A measured series moved to another GPU shape: step times by total bandwidth, power by board power."""
+                   active_params_b: float = 0.0, prompt_tokens: float = 0.0) -> StepProfile:
+    """A measured series moved to another GPU shape: step times by total bandwidth, power by board power.
+
+    The benchmark's prefill share is taken out on the measured GPU, so the decode step scales by
+    bandwidth alone (prefill on the new GPU is charged by the engine at that GPU's FLOPs).
+    """
     speed = (dst.bandwidth_tb_s * gpus) / (src.bandwidth_tb_s * src_gpus)
     power = (dst.tdp_w * gpus) / (src.tdp_w * src_gpus)
     moved = tuple(Point(max_num_seqs=p.max_num_seqs, batch=p.batch, step_s=p.step_s / speed,
                         watts=p.watts * power, tokens_per_s=p.tokens_per_s * speed,
-                        joules_per_token=p.joules_per_token * power / speed) for p in points)
+                        joules_per_token=p.joules_per_token * power / speed, output_len=p.output_len)
+                  for p in points)
+    mix = mix_prefill(points, prompt_tokens=prompt_tokens, active_params_b=active_params_b, gpu=src, gpus=src_gpus)
     return StepProfile(model=model, gpu=dst, gpus=gpus, source=f"roofline-scaled from {src_gpus}x{src.name}",
-                       points=moved, active_params_b=active_params_b)
+                       points=moved, active_params_b=active_params_b, mix_prefill_s=mix / speed)

@@ -12,6 +12,8 @@ Definitions (also in ``docs/simulator.md``):
 * ``energy_j``: GPU energy of the whole fleet over the run, idle time included;
   ``tokens_per_joule`` = output tokens / ``energy_j``; ``usd_per_mtok`` = GPU rental over the run per
   million output tokens.
+* ``prefill_share``: GPU time spent on prefill (prompts of interactive requests and batch jobs, and
+  the recompute of evicted batch jobs) over the run's replica time; that time is taken from decoding.
 
 Usage::
 
@@ -48,6 +50,7 @@ class Result:
     slo: Slo
     samples: list[tuple[float, float, float]] = field(default_factory=list)
     evictions: int = 0
+    prefill_share: float = 0.0
     profiles: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -74,6 +77,7 @@ class Result:
             "batch_done": self.batch_done,
             "batch_done_before_deadline": self.batch_on_time,
             "batch_evictions": self.evictions,
+            "prefill_share": round(self.prefill_share, 4),
             "profiles": self.profiles,
         }
 

@@ -75,6 +75,7 @@ class ModelConfig(_Strict):
     fallback: list[str] = Field(default_factory=list)
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    health_interval_s: float = Field(default=10.0, ge=0)
     model_path: str | None = None
     model_package: str | None = None
     n_ctx: int = Field(default=2048, ge=128)

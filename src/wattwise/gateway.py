@@ -29,6 +29,7 @@ from wattwise.metering.pricing import Price, cost_usd
 from wattwise.metering.usage import Usage
 from wattwise.metrics import Metrics
 from wattwise.scheduling.dispatch import Dispatcher, Trail
+from wattwise.scheduling.health import HealthChecker
 from wattwise.scheduling.queue import PRIORITIES
 from wattwise.store.records import TraceRecord
 from wattwise.store.sql import TraceStore
@@ -138,14 +139,21 @@ class Gateway:
         self.writer = TraceWriter(store=store, batch_size=config.store.batch_size,
                                   flush_interval_s=config.store.flush_interval_s)
         self.started_at = time.time()
+        self.health: HealthChecker | None = None
         # Requests in flight by priority; the batch runner fills only what interactive leaves.
         self.in_flight: dict[str, int] = {"interactive": 0, "batch": 0}
 
     async def start(self) -> None:
         self.writer.start()
+        intervals = [spec.health_interval_s for spec in self.config.models.values() if spec.health_interval_s > 0]
+        if intervals:
+            self.health = HealthChecker(scheduler=self.dispatcher.scheduler, interval_s=min(intervals))
+            self.health.start()
 
     async def stop(self) -> None:
         """Flush every trace row, then release backends and the store."""
+        if self.health is not None:
+            await self.health.stop()
         self.writer.close()
         closing = {id(b): b for b in [*self.backends.values(), *self.dispatcher.backends()]}
         for backend in closing.values():

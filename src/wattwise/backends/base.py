@@ -96,6 +96,10 @@ class Backend(ABC):
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Answer piece by piece; closing the iterator cancels the upstream work."""
 
+    async def health(self) -> bool | None:
+        """An active health probe: True up, False down, None when the backend has no probe."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections, models and threads."""
 

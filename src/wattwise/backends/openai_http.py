@@ -39,6 +39,7 @@ class OpenAIHTTPBackend(Backend):
         super().__init__(name=name)
         self.upstream_model = upstream_model
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self.models_url = base_url.rstrip("/") + "/models"
         self.headers = {"content-type": "application/json"}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
@@ -82,6 +83,14 @@ class OpenAIHTTPBackend(Backend):
                     yield event
         except BackendError as exc:
             raise _named(self.name, exc) from None
+
+    async def health(self) -> bool:
+        """``GET {base_url}/models``: up when the server answers below 500."""
+        try:
+            status = await self.transport.get(self.models_url, headers=self.headers)
+        except BackendError:
+            return False
+        return status < 500
 
     async def aclose(self) -> None:
         await self.transport.aclose()

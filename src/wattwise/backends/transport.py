@@ -35,6 +35,10 @@ class Transport(Protocol):
         """POST and read the whole reply: (status, body)."""
         ...
 
+    async def get(self, url: str, *, headers: dict[str, str]) -> int:
+        """GET and return the status (the health probe)."""
+        ...
+
     def stream(self, url: str, body: bytes, *,
                headers: dict[str, str]) -> AbstractAsyncContextManager[tuple[int, Lines]]:
         """POST and read the reply line by line; leaving the context closes the connection."""
@@ -63,6 +67,14 @@ class AiohttpTransport:
         try:
             async with self._client().post(url, data=body, headers=headers) as response:
                 return response.status, await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _mapped(exc) from None
+
+    async def get(self, url: str, *, headers: dict[str, str]) -> int:
+        try:
+            async with self._client().get(url, headers=headers) as response:
+                await response.read()
+                return response.status
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _mapped(exc) from None
 
@@ -116,6 +128,10 @@ class MockTransport:
     async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes]:
         await asyncio.sleep(0)
         return self._call(url, body, headers)
+
+    async def get(self, url: str, *, headers: dict[str, str]) -> int:
+        await asyncio.sleep(0)
+        return self._call(url, b"{}", headers)[0]
 
     @asynccontextmanager
     async def stream(self, url: str, body: bytes, *, headers: dict[str, str]) -> AsyncIterator[tuple[int, Lines]]:

@@ -22,12 +22,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from wattwise.api.batch import BATCH_ROUTES
+from wattwise.api.body import read_limited
 from wattwise.api.errors import error_response
 from wattwise.api.middleware import WattwiseHeaders
 from wattwise.api.schemas import ChatBody, parse_chat_body
 from wattwise.backends.base import StreamEvent
 from wattwise.batch import BatchRunner
-from wattwise.exceptions import InvalidRequest, PayloadTooLarge, WattwiseError
+from wattwise.exceptions import InvalidRequest, WattwiseError
 from wattwise.gateway import Call, Gateway, Outcome
 from wattwise.metrics import CONTENT_TYPE
 from wattwise.store.batch import BatchStore
@@ -60,19 +61,6 @@ def meter_body(outcome: Outcome) -> dict[str, Any]:
             "policy": outcome.decision.policy, "cost_usd": outcome.cost_usd,
             "cost_source": outcome.cost_source, "energy_j": outcome.energy.joules,
             "energy_source": outcome.energy.source}
-
-
-async def read_limited(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def completion_body(call: Call, outcome: Outcome) -> dict[str, Any]:

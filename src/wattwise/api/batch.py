@@ -26,9 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from wattwise.api.body import read_limited
 from wattwise.api.errors import error_response
 from wattwise.batch import BatchRunner, parse_input
-from wattwise.exceptions import InvalidRequest, NotFound, PayloadTooLarge, WattwiseError
+from wattwise.exceptions import InvalidRequest, NotFound, WattwiseError
 from wattwise.store.batch import WINDOWS_S, BatchRow, FileRow
 
 ENDPOINTS = ("/v1/chat/completions",)
@@ -65,16 +66,6 @@ def parse_multipart(raw: bytes, *, content_type: str) -> dict[str, Part]:
         if isinstance(name, str):
             parts[name] = Part(name=name, filename=headers.get_filename(), data=data.removesuffix(b"\r\n"))
     return parts
-
-
-async def _read(request: Request, max_bytes: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"the upload exceeds the limit of {max_bytes} bytes ([batch] max_file_bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _runner(request: Request) -> BatchRunner:
@@ -122,7 +113,7 @@ async def _batch_response(runner: BatchRunner, row: BatchRow) -> Response:
 async def create_file(request: Request) -> Response:
     runner = _runner(request)
     try:
-        raw = await _read(request, runner.config.max_file_bytes)
+        raw = await read_limited(request, runner.config.max_file_bytes, setting="batch.max_file_bytes")
         parts = parse_multipart(raw, content_type=request.headers.get("content-type", ""))
         purpose = parts["purpose"].data.decode() if "purpose" in parts else None
         if purpose != "batch":
@@ -171,7 +162,7 @@ async def create_batch(request: Request) -> Response:
     runner = _runner(request)
     try:
         try:
-            data = json.loads(await _read(request, 1_000_000))
+            data = json.loads(await read_limited(request, 1_000_000, setting="a 1 MB cap on batch requests"))
         except ValueError as exc:
             raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
         file_id, endpoint, window, metadata = _create_args(data)

@@ -44,7 +44,8 @@ def main() -> None:
     out = {"requests": len(trace), "hours": args.hours, "scale": args.scale, "batch_fill": args.batch_fill,
            "trace_s": round(t1 - t0, 2), "simulate_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
            "requests_per_s": round(len(trace) / (t2 - t1)), "budget_s": 60.0,
-           "within_budget": (t2 - t0) <= 60.0, "utilization": round(result.utilization, 4)}
+           "within_budget": (t2 - t0) <= 60.0, "utilization": round(result.utilization, 4),
+           "prefill_share": round(result.prefill_share, 4)}
     if args.json:
         print(json.dumps(out))
         return

@@ -118,8 +118,10 @@ class StepProfile:
     points: tuple[Point, ...] = ()
     active_params_b: float = 0.0
     roofline: dict[str, float] = field(default_factory=dict)
-    # Prefill seconds at 100% of peak that the benchmark put into each running sequence's step.
+    # Prefill seconds at 100% of peak that the benchmark put into each running sequence's step (on the
+    # measured GPU, moved with the step times for a scaled profile), and the prompt tokens behind them.
     mix_prefill_s: float = 0.0
+    mix_tokens: float = 0.0
 
     @property
     def idle_w(self) -> float:
@@ -150,6 +152,10 @@ class StepProfile:
         """Prefill time the benchmark's prompt mix put into one step at this batch size."""
         return batch * self.mix_prefill_s / mfu
 
+    def mix_here_s(self, batch: float, *, mfu: float = 0.5) -> float:
+        """The benchmark's prompt mix in one step at this batch size, prefilled at this profile's FLOPs."""
+        return batch * self.mix_tokens * self.prefill_s(1, mfu=mfu)
+
     def decode_step_s(self, batch: float, *, mfu: float = 0.5) -> float:
         """Seconds of one pure decode step: the effective step less the benchmark's prefill share."""
         step = self.step_s(batch)
@@ -167,13 +173,16 @@ def prefill_seconds(tokens: float, *, active_params_b: float, gpu: Gpu, gpus: in
     return 2.0 * active_params_b * 1e9 * tokens / (gpus * gpu.bf16_tflops * 1e12 * mfu)
 
 
+def mix_tokens(points: tuple[Point, ...], prompt_tokens: float) -> float:
+    """Prompt tokens per running sequence and step in a measured series: prompt ÷ mean output length."""
+    outputs = [p.output_len for p in points if p.output_len > 0]
+    return prompt_tokens / (sum(outputs) / len(outputs)) if outputs and prompt_tokens > 0 else 0.0
+
+
 def mix_prefill(points: tuple[Point, ...], *, prompt_tokens: float, active_params_b: float, gpu: Gpu,
                 gpus: int) -> float:
     """Prefill seconds (at 100% of peak) per running sequence and step in a measured series."""
-    outputs = [p.output_len for p in points if p.output_len > 0]
-    if not outputs or prompt_tokens <= 0:
-        return 0.0
-    per_step = prompt_tokens / (sum(outputs) / len(outputs))
+    per_step = mix_tokens(points, prompt_tokens)
     return prefill_seconds(per_step, active_params_b=active_params_b, gpu=gpu, gpus=gpus, mfu=1.0)
 
 
@@ -263,7 +272,8 @@ class ProfileCatalog:
             mix = mix_prefill(points, prompt_tokens=self.prompt_tokens(model), active_params_b=active, gpu=target,
                               gpus=gpus)
             return StepProfile(model=model, gpu=target, gpus=gpus, source="measured", points=points,
-                               active_params_b=active, mix_prefill_s=mix)
+                               active_params_b=active, mix_prefill_s=mix,
+                               mix_tokens=mix_tokens(points, self.prompt_tokens(model)))
         shapes = self.shapes(model)
         if shapes:
             # The nearest measured shape: same GPU count first, then the closest memory bandwidth.
@@ -298,4 +308,5 @@ def scaled_profile(model: str, points: tuple[Point, ...], *, src: Gpu, src_gpus:
                   for p in points)
     mix = mix_prefill(points, prompt_tokens=prompt_tokens, active_params_b=active_params_b, gpu=src, gpus=src_gpus)
     return StepProfile(model=model, gpu=dst, gpus=gpus, source=f"roofline-scaled from {src_gpus}x{src.name}",
-                       points=moved, active_params_b=active_params_b, mix_prefill_s=mix / speed)
+                       points=moved, active_params_b=active_params_b, mix_prefill_s=mix / speed,
+                       mix_tokens=mix_tokens(points, prompt_tokens))

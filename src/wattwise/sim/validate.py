@@ -14,8 +14,8 @@ Three checks, each over every (model, GPU, GPU count) series in a folder of ML.E
 
 ML.ENERGY's figures are steady state: their step time and energy per output token already include the
 prefill of the benchmark's prompts. So the predicted step is what the engine would charge at the
-benchmark's own mix, ``decode_step_s(b) + b · (prompt / output) · prefill_s_per_token``: the decode
-step plus that mix's prefill, counted once.
+benchmark's own mix, ``decode_step_s(b) + b · (prompt / output) · prefill_s_per_token`` (prefill at
+the predicted GPU's FLOPs): the decode step plus that mix's prefill, counted once.
 
 Usage::
 
@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from wattwise.sim.profiles import GPUS, Gpu, Point, ProfileCatalog, StepProfile, mix_prefill, scaled_profile
+from wattwise.sim.profiles import GPUS, Gpu, Point, ProfileCatalog, StepProfile, mix_prefill, mix_tokens, scaled_profile
 
 MFU = 0.5  # the fleet files' default prefill_mfu
 
 
 def _predict(profile: StepProfile, point: Point) -> tuple[float, float]:
-    step = profile.decode_step_s(point.batch, mfu=MFU) + profile.mix_step_s(point.batch, mfu=MFU)
+    step = profile.decode_step_s(point.batch, mfu=MFU) + profile.mix_here_s(point.batch, mfu=MFU)
     return point.batch / step, profile.watts(point.batch) * step / point.batch
 
 
@@ -66,7 +66,7 @@ def _fit(catalog: ProfileCatalog, model: str, gpu: Gpu, gpus: int, points: tuple
     active = catalog.active_params(model)
     mix = mix_prefill(points, prompt_tokens=catalog.prompt_tokens(model), active_params_b=active, gpu=gpu, gpus=gpus)
     return StepProfile(model=model, gpu=gpu, gpus=gpus, source="fit", points=points, active_params_b=active,
-                       mix_prefill_s=mix)
+                       mix_prefill_s=mix, mix_tokens=mix_tokens(points, catalog.prompt_tokens(model)))
 
 
 def leave_one_out(catalog: ProfileCatalog) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

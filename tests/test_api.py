@@ -191,3 +191,13 @@ async def test_auto_without_router_uses_named_rule(client: httpx.AsyncClient, ga
     assert response.status_code == 200
     assert response.headers["x-wattwise-model"] in ("cheap", "dear")
     assert response.headers["x-wattwise-route"]
+
+
+async def test_metrics_in_flight_gauge(client: httpx.AsyncClient, gateway: Gateway) -> None:
+    from wattwise.api.schemas import parse_chat_body
+
+    body = parse_chat_body(json.dumps({"model": "cheap", "messages": MSG}).encode(), max_bytes=10_000)
+    call = gateway.begin(body, request_id="req_open", tag=None)
+    assert "wattwise_in_flight_requests 1.0" in (await client.get("/metrics")).text
+    call.finish()
+    assert "wattwise_in_flight_requests 0.0" in (await client.get("/metrics")).text

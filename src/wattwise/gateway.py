@@ -306,10 +306,6 @@ class Call:
         else:
             self.finish(status="error", http_status=500, error=f"{type(exc).__name__}: {exc}")
 
-    def backend(self) -> Backend:
-        assert self.outcome is not None
-        return self.gateway.backends[self.outcome.decision.model]
-
     @property
     def priority(self) -> int:
         return PRIORITIES[self.body.wattwise.priority]

@@ -204,6 +204,7 @@ async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     writer = gateway.writer
     gateway.metrics.trace_backlog.set(writer.submitted - writer.written - writer.failed)
+    gateway.metrics.in_flight.set(sum(gateway.in_flight.values()))
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -194,7 +194,7 @@ async def test_auto_without_router_uses_named_rule(client: httpx.AsyncClient, ga
 
 
 async def test_metrics_in_flight_gauge(client: httpx.AsyncClient, gateway: Gateway) -> None:
-    from wattwise.api.schemas import parse_chat_body
+    from wattwise.request import parse_chat_body
 
     body = parse_chat_body(json.dumps({"model": "cheap", "messages": MSG}).encode(), max_bytes=10_000)
     call = gateway.begin(body, request_id="req_open", tag=None)

@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 
 from wattwise.api.middleware import new_request_id
-from wattwise.api.schemas import ChatBody, parse_chat_body
+from wattwise.request import ChatBody, parse_chat_body
 from wattwise.exceptions import WattwiseError
 from wattwise.gateway import Call, Gateway, Outcome
 from wattwise.store.batch import BatchStore, Claim, NewLine

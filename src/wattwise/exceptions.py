@@ -17,6 +17,7 @@ OpenAI's error body with the right status::
         ├── UpstreamError         502, upstream 5xx or broken response
         ├── UpstreamTimeout       504
         ├── UpstreamRejected      upstream's own 4xx (status passed through)
+        │   └── UpstreamRateLimited   429, with the upstream's retry-after and x-ratelimit-* headers
         └── UnknownPrompt         404, a replay backend has no recorded answer
 
 Usage::
@@ -122,11 +123,21 @@ class Unprocessable(RequestError):
 
 
 class BackendError(WattwiseError):
-    """The model backend failed; ``model`` names which configured model."""
+    """The model backend failed.
+
+    ``headers`` are the upstream's headers worth passing to the client (``retry-after``,
+    ``x-ratelimit-*``); ``retry_after_s`` is the upstream's ``Retry-After`` in seconds, when it sent one.
+    """
 
     status = 502
     error_type = "upstream_error"
     code = "upstream_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.headers = dict(headers or {})
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamError(BackendError):
@@ -144,9 +155,22 @@ class UpstreamRejected(BackendError):
     error_type = "invalid_request_error"
     code = "upstream_rejected"
 
-    def __init__(self, message: str, *, status: int, param: str | None = None) -> None:
-        super().__init__(message, param=param)
+    def __init__(self, message: str, *, status: int, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, param=param, code=code, headers=headers, retry_after_s=retry_after_s)
         self.status = status
+
+
+class UpstreamRateLimited(UpstreamRejected):
+    """The upstream said 429: passed on as OpenAI's ``rate_limit_error`` with its headers."""
+
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, status=429, param=param, code=code, headers=headers,
+                         retry_after_s=retry_after_s)
 
 
 class UnknownPrompt(BackendError):

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from wattwise.api.schemas import ChatBody
+from wattwise.request import ChatBody
 from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent
 from wattwise.config import Config, ModelConfig
 from wattwise.exceptions import ModelNotFound, WattwiseError

@@ -25,7 +25,7 @@ from wattwise.api.batch import BATCH_ROUTES
 from wattwise.api.body import read_limited
 from wattwise.api.errors import error_response
 from wattwise.api.middleware import WattwiseHeaders
-from wattwise.api.schemas import ChatBody, parse_chat_body
+from wattwise.request import ChatBody, parse_chat_body
 from wattwise.backends.base import StreamEvent
 from wattwise.batch import BatchRunner
 from wattwise.exceptions import InvalidRequest, WattwiseError

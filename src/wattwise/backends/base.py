@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wattwise.metering.energy import EnergyReading
@@ -34,6 +34,14 @@ class ChatRequest:
     seed: int | None = None
     logprobs: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # The client's fields exactly as sent (all but model, messages, stream, stream_options and
+    # wattwise): a pass-through backend forwards these unchanged instead of the typed view above.
+    sent: dict[str, Any] | None = None
+
+    def with_fields(self, **fields: Any) -> ChatRequest:
+        """A copy with fields set (e.g. ``reasoning_effort`` chosen by a policy), in both views."""
+        sent = None if self.sent is None else {**self.sent, **fields}
+        return replace(self, extra={**self.extra, **fields}, sent=sent)
 
     def prompt_text(self) -> str:
         """The text of all messages, joined; what replay looks up and the router reads."""
@@ -56,9 +64,16 @@ def _content_text(content: Any) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Completion:
-    """A finished answer. ``cost_usd`` is set only when the backend knows the real cost."""
+    """A finished answer. ``cost_usd`` is set only when the backend knows the real cost.
 
-    text: str
+    ``text`` is the first choice's content (``None`` when the answer is only tool calls);
+    ``message_extra`` holds the message's other fields (``tool_calls``, ``refusal`` …) and
+    ``logprobs`` OpenAI's ``choice.logprobs`` object. A pass-through backend also sets ``raw``: the
+    upstream's whole response body, which reaches the client unchanged but for ``model``.
+    ``headers`` are upstream headers worth passing on (``x-ratelimit-*``).
+    """
+
+    text: str | None
     finish_reason: str = "stop"
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None
@@ -66,13 +81,25 @@ class Completion:
     logprob: float | None = None
     score: float | None = None
     message_extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: dict[str, Any] | None = None
+    raw: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamEvent:
-    """One piece of a streamed answer; the last one carries ``finish_reason`` and ``usage``."""
+    """One piece of a streamed answer; the last one carries ``finish_reason`` and ``usage``.
+
+    ``delta`` is content text; ``delta_extra`` the delta's other fields (``tool_calls``,
+    ``reasoning_content`` …) and ``logprobs`` the chunk's ``choice.logprobs``. A pass-through backend
+    sets ``raw`` on each event: the upstream's chunk as sent, which the client gets unchanged but for
+    ``model`` (an event with ``raw`` and nothing else is forwarded and not interpreted).
+    """
 
     delta: str = ""
+    delta_extra: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None
+    raw: dict[str, Any] | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
     cost_usd: float | None = None

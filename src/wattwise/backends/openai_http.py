@@ -62,7 +62,7 @@ class OpenAIHTTPBackend(Backend):
 
     async def complete(self, request: ChatRequest) -> Completion:
         try:
-            status, content = await self.transport.post(self.url, self._body(request, stream=False),
+            status, content, _ = await self.transport.post(self.url, self._body(request, stream=False),
                                                         headers=self.headers)
         except BackendError as exc:
             raise _named(self.name, exc) from None
@@ -76,7 +76,7 @@ class OpenAIHTTPBackend(Backend):
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         body = self._body(request, stream=True)
         try:
-            async with self.transport.stream(self.url, body, headers=self.headers) as (status, lines):
+            async with self.transport.stream(self.url, body, headers=self.headers) as (status, lines, _):
                 if status >= 400:
                     raise _map_status(self.name, status, b"".join([line async for line in lines]))
                 async for event in _parse_sse(self.name, lines):

@@ -28,11 +28,12 @@ import aiohttp
 from wattwise.exceptions import UpstreamError, UpstreamTimeout
 
 Lines = AsyncIterator[bytes]
+Headers = dict[str, str]
 
 
 class Transport(Protocol):
-    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes]:
-        """POST and read the whole reply: (status, body)."""
+    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes, Headers]:
+        """POST and read the whole reply: (status, body, headers with lower-case names)."""
         ...
 
     async def get(self, url: str, *, headers: dict[str, str]) -> int:
@@ -40,7 +41,7 @@ class Transport(Protocol):
         ...
 
     def stream(self, url: str, body: bytes, *,
-               headers: dict[str, str]) -> AbstractAsyncContextManager[tuple[int, Lines]]:
+               headers: dict[str, str]) -> AbstractAsyncContextManager[tuple[int, Lines, Headers]]:
         """POST and read the reply line by line; leaving the context closes the connection."""
         ...
 
@@ -63,10 +64,10 @@ class AiohttpTransport:
                                                   skip_auto_headers=("User-Agent",))
         return self._session
 
-    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes, Headers]:
         try:
             async with self._client().post(url, data=body, headers=headers) as response:
-                return response.status, await response.read()
+                return response.status, await response.read(), _headers(response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _mapped(exc) from None
 
@@ -79,16 +80,21 @@ class AiohttpTransport:
             raise _mapped(exc) from None
 
     @asynccontextmanager
-    async def stream(self, url: str, body: bytes, *, headers: dict[str, str]) -> AsyncIterator[tuple[int, Lines]]:
+    async def stream(self, url: str, body: bytes, *,
+                     headers: dict[str, str]) -> AsyncIterator[tuple[int, Lines, Headers]]:
         try:
             async with self._client().post(url, data=body, headers=headers) as response:
-                yield response.status, _lines(response)
+                yield response.status, _lines(response), _headers(response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _mapped(exc) from None
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _headers(response: aiohttp.ClientResponse) -> Headers:
+    return {name.lower(): value for name, value in response.headers.items()}
 
 
 async def _lines(response: aiohttp.ClientResponse) -> Lines:
@@ -109,7 +115,8 @@ class MockRequest:
     json: dict[str, Any]
 
 
-Handler = Callable[[MockRequest], tuple[int, bytes]]
+# A handler answers (status, body) or (status, body, headers).
+Handler = Callable[[MockRequest], tuple[int, bytes] | tuple[int, bytes, Headers]]
 
 
 class MockTransport:
@@ -119,13 +126,16 @@ class MockTransport:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
 
-    def _call(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    def _call(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, Headers]:
         try:
-            return self.handler(MockRequest(url=url, headers=headers, json=json.loads(body)))
+            reply = self.handler(MockRequest(url=url, headers=headers, json=json.loads(body)))
         except (TimeoutError, ConnectionError) as exc:
             raise _mapped(exc) from None
+        if len(reply) == 2:
+            return reply[0], reply[1], {}
+        return reply[0], reply[1], {k.lower(): v for k, v in reply[2].items()}  # type: ignore[misc]
 
-    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes, Headers]:
         await asyncio.sleep(0)
         return self._call(url, body, headers)
 
@@ -134,15 +144,16 @@ class MockTransport:
         return self._call(url, b"{}", headers)[0]
 
     @asynccontextmanager
-    async def stream(self, url: str, body: bytes, *, headers: dict[str, str]) -> AsyncIterator[tuple[int, Lines]]:
-        status, content = self._call(url, body, headers)
+    async def stream(self, url: str, body: bytes, *,
+                     headers: dict[str, str]) -> AsyncIterator[tuple[int, Lines, Headers]]:
+        status, content, reply_headers = self._call(url, body, headers)
 
         async def lines() -> Lines:
             for line in content.splitlines(keepends=True):
                 await asyncio.sleep(0)
                 yield line
 
-        yield status, lines()
+        yield status, lines(), reply_headers
 
     async def aclose(self) -> None:
         return None

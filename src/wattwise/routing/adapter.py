@@ -22,7 +22,7 @@ from wattwise.routing import execute
 from wattwise.routing.router import Candidate, Router
 
 if TYPE_CHECKING:
-    from wattwise.api.schemas import ChatBody
+    from wattwise.request import ChatBody
     from wattwise.gateway import CallFn, Decision, Gateway
 
 MULTI = {"cascade": execute.run_cascade, "best_of_n": execute.run_best_of_n}

@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NODE   := tests/conformance/node
+NSTAMP := $(NODE)/node_modules/.installed
 
-.PHONY: install demo test lint typecheck unit bench lock clean
+.PHONY: install install-node demo test lint typecheck unit bench lock clean
 
 install: $(STAMP)
 
@@ -15,6 +17,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# The official openai Node SDK for the client conformance suite, from its package-lock.json (integrity hashes).
+install-node: $(NSTAMP)
+
+$(NSTAMP): $(NODE)/package-lock.json $(NODE)/package.json
+	npm ci --prefix $(NODE) --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(NSTAMP)
 
 demo: install
 	$(BIN)/wattwise demo
@@ -25,7 +34,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install install-node
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
@@ -39,4 +48,4 @@ lock:
 	uv pip compile --python-version 3.11 --generate-hashes requirements.in -o requirements.lock
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE)/node_modules demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -133,6 +133,24 @@ class BatchConfig(_Strict):
     max_lines: int = Field(default=50_000, ge=1)
 
 
+class FilesConfig(_Strict):
+    """Uploaded and result files (``/v1/files``): how long they are kept, and where uploads spool.
+
+    A file is deleted ``retention_days`` after it was created (an upload's own ``expires_after``
+    comes first); ``0`` keeps files until they are deleted. Output and error files count from the
+    moment their batch finished. Uploads stream through a temporary file in ``spool_dir`` (the
+    system's temp dir when unset), so memory stays flat whatever their size.
+    """
+
+    retention_days: float = Field(default=30.0, ge=0)
+    purge_interval_s: float = Field(default=300.0, gt=0)
+    spool_dir: str | None = None
+
+    @property
+    def retention_s(self) -> float | None:
+        return self.retention_days * 86400.0 if self.retention_days else None
+
+
 class Config(_Strict):
     """The whole gateway configuration."""
 
@@ -140,6 +158,7 @@ class Config(_Strict):
     store: StoreConfig = StoreConfig()
     router: RouterConfig = RouterConfig()
     batch: BatchConfig = BatchConfig()
+    files: FilesConfig = FilesConfig()
     models: dict[str, ModelConfig]
 
     @field_validator("models")

@@ -74,9 +74,25 @@ def m0002_batch(dialect: str) -> list[str]:
     ]
 
 
+def m0003_file_chunks(dialect: str) -> list[str]:
+    """Files stored in chunks (an upload is written and read back with bounded memory), an explicit
+    expiry per file, and indexes for listing files and purging expired ones."""
+    t = _types(dialect)
+    blob = "BYTEA" if dialect == "postgresql" else "BLOB"
+    return [
+        f"""CREATE TABLE batch_file_chunks (
+            file_id {t['text']} NOT NULL, seq {t['int']} NOT NULL, data {blob} NOT NULL,
+            PRIMARY KEY (file_id, seq)
+        )""",
+        f"ALTER TABLE batch_files ADD COLUMN expires_at {t['real']}",
+        "CREATE INDEX batch_files_created ON batch_files (created_at, id)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_requests", m0001_requests),
     ("0002_batch", m0002_batch),
+    ("0003_file_chunks", m0003_file_chunks),
 ]
 
 

@@ -78,13 +78,17 @@ async def test_breaker_opens_and_model_is_skipped_for_fallback() -> None:
     clock = VirtualClock()
     bad, good = Flaky(name="a", failures=100), MockBackend(name="b", reply="from b")
     d = dispatcher({"a": [bad], "b": [good]}, clock, a=ModelPolicy(retries=1, fallback=("b",)))
+    breaker = d.scheduler.pool("a").replicas[0].breaker
     first = Trail()
     assert (await d.complete("a", REQ, trail=first)).text == "from b"
     assert first.model == "b" and first.attempts == 3
-    assert d.scheduler.pool("a").replicas[0].breaker.state == "open"
+    assert breaker.state == "closed"  # one failed request, however many attempts, is one failure
     second = Trail()
     assert (await d.complete("a", REQ, trail=second)).text == "from b"
-    assert len(bad.calls) == 2 and second.attempts == 1 and "circuit open" in second.notes[0]
+    assert second.attempts == 2 and breaker.state == "open"  # the second request's retry finds it open
+    third = Trail()
+    assert (await d.complete("a", REQ, trail=third)).text == "from b"
+    assert len(bad.calls) == 3 and third.attempts == 1 and "circuit open" in third.notes[0]
 
 
 async def test_second_replica_takes_over_from_failing_one() -> None:

@@ -40,7 +40,8 @@ def build_dispatcher(config: Config, backends: dict[str, Backend], *,
             members.append((backend, rep.weight))
         replicas[name] = members
     policies = {name: ModelPolicy(max_concurrency=spec.max_concurrency, retries=spec.retries,
-                                  backoff_s=spec.retry_backoff_s, fallback=tuple(spec.fallback))
+                                  backoff_s=spec.retry_backoff_s, retry_after_cap_s=spec.retry_after_cap_s,
+                                  fallback=tuple(spec.fallback))
                 for name, spec in config.models.items()}
     breakers = {name: (spec.breaker_failures, spec.breaker_cooldown_s) for name, spec in config.models.items()}
     return Dispatcher.from_replicas(replicas, policies=policies, breakers=breakers)

@@ -49,11 +49,16 @@ class Transport(Protocol):
 
 
 class AiohttpTransport:
-    """Pooled keep-alive connections; the session is made lazily inside the running event loop."""
+    """Pooled keep-alive connections; the session is made lazily inside the running event loop.
+
+    ``connect_timeout_s`` bounds the TCP connect only: a request that finds all ``max_connections``
+    busy queues for a free one (aiohttp's ``connect`` timeout would count that wait, and report a busy
+    pool as an upstream timeout).
+    """
 
     def __init__(self, *, timeout_s: float = 120.0, connect_timeout_s: float = 5.0,
                  max_connections: int = 256) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=timeout_s)
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 

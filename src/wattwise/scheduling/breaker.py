@@ -1,7 +1,9 @@
 """A circuit breaker per replica: stop sending to a replica that keeps failing, probe it later.
 
 States: ``closed`` (all traffic), ``open`` (none, for ``cooldown_s`` after ``failures`` failures in
-a row), ``half_open`` (one probe request; its success closes the breaker, its failure re-opens it).
+a row), ``half_open`` (one probe request; its success closes the breaker, its failure re-opens it;
+a probe that ends with no verdict, such as a caller's mistake, a 429 or a cancel, lets the next
+request probe instead, so the breaker never stays half-open).
 
 Usage::
 
@@ -9,7 +11,7 @@ Usage::
     if breaker.available(now):
         breaker.on_dispatch(now)
         ...
-        breaker.failure(now)   # or breaker.success()
+        breaker.failure(now)   # or breaker.success(), or breaker.abandon_probe() for no verdict
 """
 
 from __future__ import annotations
@@ -37,10 +39,18 @@ class CircuitBreaker:
             return now - self.opened_at >= self.cooldown_s
         return False  # half-open: the probe is in flight
 
-    def on_dispatch(self, now: float) -> None:
-        """A request is being sent; after the cool-down it becomes the half-open probe."""
+    def on_dispatch(self, now: float) -> bool:
+        """A request is being sent; after the cool-down it becomes the half-open probe (True)."""
         if self.state == OPEN and now - self.opened_at >= self.cooldown_s:
             self.state = HALF_OPEN
+            return True
+        return False
+
+    def abandon_probe(self) -> None:
+        """The probe ended without a verdict: back to open, its cool-down already spent, so the next
+        request probes. (Left half-open, the breaker would refuse every request for good.)"""
+        if self.state == HALF_OPEN:
+            self.state = OPEN
 
     def success(self) -> None:
         self.state = CLOSED

@@ -5,8 +5,20 @@ asyncio. A call is tried on the requested model (``1 + retries`` attempts, with 
 between them, each on the replica the scheduler picks then), then on each ``fallback`` model in turn.
 Only upstream failures that another attempt could cure are retried (5xx, timeouts, 429); the
 caller's own mistakes are not. A stream is retried only before its first event has been passed on.
-Every failed attempt feeds the replica's circuit breaker; a model whose replicas are all broken is
-skipped at once.
+
+Rate limits: an upstream's ``Retry-After`` lengthens the wait before the next attempt, up to the
+model's ``retry_after_cap_s``; asked to wait longer, dispatch stops retrying that model and passes the
+429 (typed ``rate_limit_error``, with the upstream's ``retry-after`` and ``x-ratelimit-*`` headers in
+``exc.headers``) on, leaving the wait to the client. 429s say nothing about a replica's health, so they
+never feed its circuit breaker.
+
+The breaker counts requests, not attempts: a request charges each replica it failed on once, however
+many of its attempts went there. A model whose replicas are all broken is skipped at once.
+
+When dispatch gives up on an upstream failure (5xx, timeout, 429, breaker open) it has already made
+the retry decision, so the raised error carries ``x-should-retry: false`` in ``exc.headers``: the
+OpenAI SDKs honour it, so their own retries do not multiply upstream calls. The one exception is a
+``Retry-After`` over the cap, which is the client's to wait out.
 
 Usage::
 
@@ -14,6 +26,11 @@ Usage::
     trail = Trail()
     completion = await dispatcher.complete("m", request, priority=INTERACTIVE, trail=trail)
     trail.model, trail.notes          # who answered, and what went wrong on the way
+
+    try:
+        await dispatcher.complete("m", request)
+    except BackendError as exc:
+        exc.headers                       # e.g. {"retry-after": "2", "x-should-retry": "false"}
 """
 
 from __future__ import annotations
@@ -24,7 +41,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent
-from wattwise.exceptions import BackendError, UpstreamError, UpstreamRejected, UpstreamTimeout, WattwiseError
+from wattwise.exceptions import (
+    BackendError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    WattwiseError,
+)
 from wattwise.scheduling.breaker import CircuitBreaker
 from wattwise.scheduling.clock import Clock, MonotonicClock
 from wattwise.scheduling.pool import Replica, ReplicaPool
@@ -48,10 +72,41 @@ def retryable(exc: BaseException) -> bool:
 
 
 def breaker_verdict(exc: BaseException) -> bool | None:
-    """Does this failure count against the replica? The caller's mistakes do not."""
+    """Does this failure count against the replica? The caller's mistakes and rate limits do not."""
     if isinstance(exc, UpstreamRejected):
-        return False if exc.status == 429 else None
+        return None
     return False if isinstance(exc, BackendError) else None
+
+
+def retry_delay(policy: ModelPolicy, attempt: int, exc: WattwiseError) -> float | None:
+    """Seconds to wait after failed ``attempt`` (0-based): the backoff, or the upstream's longer
+    ``Retry-After``; None when the upstream asks for more than ``policy.retry_after_cap_s``."""
+    delay = policy.backoff(attempt)
+    hint = exc.retry_after_s if isinstance(exc, BackendError) else None
+    if hint is not None and hint > 0:
+        if hint > policy.retry_after_cap_s:
+            return None
+        delay = max(delay, hint)
+    return delay
+
+
+def as_rate_limit(exc: WattwiseError) -> WattwiseError:
+    """An upstream 429 raised as a plain :class:`UpstreamRejected` becomes :class:`UpstreamRateLimited`."""
+    if type(exc) is UpstreamRejected and exc.status == 429:
+        return UpstreamRateLimited(exc.message, param=exc.param, headers=exc.headers,
+                                   retry_after_s=exc.retry_after_s)
+    return exc
+
+
+def advise_client(exc: WattwiseError, *, client_may_wait: bool) -> WattwiseError:
+    """Tell the client whether to retry a failure dispatch gave up on (the OpenAI SDKs read
+    ``x-should-retry``). Not retryable: no advice; the SDKs do not retry a caller's mistake anyway."""
+    if isinstance(exc, BackendError) and retryable(exc):
+        if client_may_wait:
+            exc.headers.pop("x-should-retry", None)
+        else:
+            exc.headers["x-should-retry"] = "false"
+    return exc
 
 
 @dataclass(kw_only=True)
@@ -191,26 +246,34 @@ class Dispatcher:
         tokens = estimate_tokens(request)
         prompt = len(request.prompt_text()) // 4
         last: WattwiseError | None = None
+        charged: list[Replica] = []  # replicas this request has already counted a failure against
+        client_may_wait = False  # the last failure asked for a wait over the cap: the client's to make
         for name in self.scheduler.candidates(model) if fallback else [model]:
             policy = self.scheduler.policy(name)
+            delay: float | None = 0.0
             for attempt in range(policy.retries + 1):
                 if attempt:
-                    await self.scheduler.clock.sleep(policy.backoff(attempt - 1))
+                    await self.scheduler.clock.sleep(delay or 0.0)
                 try:
                     lease = await self.acquire(name, tokens=tokens, priority=priority, prompt=prompt)
                 except Unavailable as exc:
                     trail.notes.append(f"{name}: {exc.message}")
-                    last = exc
+                    last, client_may_wait = exc, False
                     break
                 trail.attempts += 1
                 try:
                     result = await once(lease.replica.backend)
                 except WattwiseError as exc:
-                    self.scheduler.release(lease, ok=breaker_verdict(exc))
-                    trail.notes.append(f"{name}#{lease.replica.index}: {type(exc).__name__}: {exc.message}")
-                    if not retryable(exc):
-                        raise
-                    last = exc
+                    failure = as_rate_limit(exc)
+                    self._release_failed(lease, failure, charged)
+                    trail.notes.append(f"{name}#{lease.replica.index}: {type(failure).__name__}: {failure.message}")
+                    if not retryable(failure):
+                        raise  # as_rate_limit only retypes 429s, which are retryable
+                    last, delay = failure, retry_delay(policy, attempt, failure)
+                    client_may_wait = delay is None
+                    if client_may_wait:
+                        trail.notes.append(f"{name}: upstream asks to wait over {policy.retry_after_cap_s:g}s")
+                        break
                     continue
                 except BaseException:
                     self.scheduler.release(lease)
@@ -220,7 +283,18 @@ class Dispatcher:
                 trail.model, trail.replica = name, lease.replica.index
                 return lease, result
         assert last is not None
-        raise last
+        raise advise_client(last, client_may_wait=client_may_wait)
+
+    def _release_failed(self, lease: Lease, exc: WattwiseError, charged: list[Replica]) -> None:
+        """Free a failed attempt's lease, charging its replica's breaker once per request (a probe's
+        failure always counts: it must re-open the breaker)."""
+        ok = breaker_verdict(exc)
+        if ok is False:
+            if lease.replica in charged and not lease.probe:
+                ok = None
+            else:
+                charged.append(lease.replica)
+        self.scheduler.release(lease, ok=ok)
 
 
 async def _close(events: AsyncIterator[Any]) -> None:

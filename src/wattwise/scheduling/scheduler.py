@@ -47,13 +47,16 @@ class ModelPolicy:
 
     ``retries`` is the number of extra attempts on the same model (each on the best replica then),
     spaced by exponential backoff ``backoff_s · 2^attempt`` capped at ``backoff_max_s``; then the
-    ``fallback`` models are tried in order.
+    ``fallback`` models are tried in order. An upstream's ``Retry-After`` stretches the wait before the
+    next attempt up to ``retry_after_cap_s``; asked to wait longer, dispatch stops retrying the model
+    and passes the upstream's answer on (or falls back).
     """
 
     max_concurrency: int | None = None
     retries: int = 0
     backoff_s: float = 0.2
     backoff_max_s: float = 5.0
+    retry_after_cap_s: float = 10.0
     fallback: tuple[str, ...] = ()
     preempt_batch: bool = False
     batch_reserve: int = 0
@@ -65,11 +68,12 @@ class ModelPolicy:
 class Lease:
     """A slot on one replica, held from admission to release."""
 
-    __slots__ = ("model", "on_preempt", "priority", "prompt", "released", "replica", "tag", "tokens")
+    __slots__ = ("model", "on_preempt", "priority", "probe", "prompt", "released", "replica", "tag", "tokens")
 
     def __init__(self, *, model: str, replica: Replica, tokens: int, priority: int, prompt: int = 0,
-                 on_preempt: Callable[[Lease], None] | None = None, tag: Any = None) -> None:
+                 on_preempt: Callable[[Lease], None] | None = None, tag: Any = None, probe: bool = False) -> None:
         self.model = model
+        self.probe = probe  # this request is its replica's half-open breaker probe
         self.replica = replica
         self.tokens = tokens
         self.prompt = prompt
@@ -168,6 +172,8 @@ class Scheduler:
             lease.replica.breaker.success()
         elif ok is False:
             lease.replica.breaker.failure(self.clock.now())
+        elif lease.probe:
+            lease.replica.breaker.abandon_probe()
         if state.queue:
             self._drain(state, lease.model)
 
@@ -220,14 +226,13 @@ class Scheduler:
             replica = self._evict(state, now)
             if replica is None:
                 return None
-        if replica.breaker.state != CLOSED:
-            replica.breaker.on_dispatch(now)
+        probe = replica.breaker.state != CLOSED and replica.breaker.on_dispatch(now)
         replica.in_flight += 1
         if on_preempt is None:  # evictable batch work is not in an interactive request's way
             replica.outstanding += tokens
         state.active += 1
         lease = Lease(model=model, replica=replica, tokens=tokens, priority=priority, prompt=prompt,
-                      on_preempt=on_preempt, tag=tag)
+                      on_preempt=on_preempt, tag=tag, probe=probe)
         if on_preempt is not None:
             replica.preemptible[lease] = None
             state.preemptible += 1

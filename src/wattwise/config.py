@@ -56,9 +56,10 @@ class ModelConfig(_Strict):
     """One configured model; which fields matter depends on ``backend``.
 
     Dispatch: ``replicas`` (each its own backend; none means one, from ``base_url``),
-    ``max_concurrency``, ``retries`` with backoff from ``retry_backoff_s``, ``fallback`` models tried
-    in order, and each replica's circuit breaker (``breaker_failures`` in a row open it for
-    ``breaker_cooldown_s``).
+    ``max_concurrency``, ``retries`` with backoff from ``retry_backoff_s`` (stretched to an upstream's
+    ``Retry-After`` up to ``retry_after_cap_s``; a longer one is passed on to the client), ``fallback``
+    models tried in order, and each replica's circuit breaker (``breaker_failures`` failed requests in
+    a row open it for ``breaker_cooldown_s``).
     """
 
     backend: str
@@ -72,6 +73,7 @@ class ModelConfig(_Strict):
     replicas: list[ReplicaConfig] = Field(default_factory=list)
     retries: int = Field(default=0, ge=0, le=10)
     retry_backoff_s: float = Field(default=0.2, ge=0)
+    retry_after_cap_s: float = Field(default=10.0, ge=0)
     fallback: list[str] = Field(default_factory=list)
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)

@@ -227,6 +227,26 @@ async def test_half_open_probe_without_a_verdict_lets_another_probe_through() ->
     assert breaker.state == CLOSED
 
 
+class BreaksMidStream(Failing):
+    """Fails its first call before any event, then fails the next one after its first event."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise UpstreamError("upstream 503")
+        yield StreamEvent(delta="half")
+        raise UpstreamError("connection dropped")
+
+
+async def test_stream_failing_after_a_retry_charges_its_replica_once() -> None:
+    d = dispatcher(BreaksMidStream(failures=1), VirtualClock(), failures=5, retries=1, backoff_s=0.0)
+    seen: list[str] = []
+    with pytest.raises(UpstreamError, match="dropped"):
+        async for event in d.stream("m", REQ):
+            seen.append(event.delta)
+    assert seen == ["half"] and d.scheduler.pool("m").replicas[0].breaker.consecutive == 1
+
+
 # -- x-should-retry ------------------------------------------------------------------------------
 
 

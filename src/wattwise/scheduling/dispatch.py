@@ -204,6 +204,12 @@ class Dispatcher:
         _, done = await self._attempts(model, request, priority, trail or Trail(), fallback, once)
         return done
 
+    async def run(self, model: str, request: ChatRequest, once: Callable[[Backend], Awaitable[T]], *,
+                  priority: int = INTERACTIVE, trail: Trail | None = None) -> T:
+        """Any one-shot call (``once(backend)``) with the same leases, retries and fallback as ``complete``."""
+        _, done = await self._attempts(model, request, priority, trail or Trail(), True, once)
+        return done
+
     async def stream(self, model: str, request: ChatRequest, *, priority: int = INTERACTIVE,
                      trail: Trail | None = None) -> AsyncGenerator[StreamEvent, None]:
         """Stream events; failures before the first event are retried and fall back like ``complete``.
@@ -221,8 +227,9 @@ class Dispatcher:
                 await _close(events)
                 raise
 
+        charged: list[Replica] = []
         lease, (events, first) = await self._attempts(model, request, priority, trail or Trail(), True,
-                                                      open_first, hold=True)
+                                                      open_first, hold=True, charged=charged)
         ok: bool | None = True
         self.scheduler.first_token(lease)
         try:
@@ -232,6 +239,8 @@ class Dispatcher:
                     yield event
         except WattwiseError as exc:
             ok = breaker_verdict(exc)
+            if ok is False and lease.replica in charged and not lease.probe:
+                ok = None  # this request already counted against the replica before its first event
             raise
         except BaseException:
             ok = None
@@ -242,11 +251,12 @@ class Dispatcher:
 
     async def _attempts(self, model: str, request: ChatRequest, priority: int, trail: Trail,
                         fallback: bool, once: Callable[[Backend], Awaitable[T]], *,
-                        hold: bool = False) -> tuple[Lease, T]:
+                        hold: bool = False, charged: list[Replica] | None = None) -> tuple[Lease, T]:
         tokens = estimate_tokens(request)
         prompt = len(request.prompt_text()) // 4
         last: WattwiseError | None = None
-        charged: list[Replica] = []  # replicas this request has already counted a failure against
+        if charged is None:
+            charged = []  # replicas this request has already counted a failure against
         client_may_wait = False  # the last failure asked for a wait over the cap: the client's to make
         for name in self.scheduler.candidates(model) if fallback else [model]:
             policy = self.scheduler.policy(name)

@@ -3,12 +3,31 @@
 Usage::
 
     record = TraceRecord(id="req_1", ts=time.time(), requested_model="auto", model="small")
+    record.cleaned()                      # the same row with text any store can take
+    record.stub("why the full row failed")  # the row's identity and outcome only, the reason in ``error``
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any
+
+# Lone surrogates (Python's str can hold U+D800..U+DFFF; UTF-8 cannot) and NUL (PostgreSQL text cannot).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with each lone surrogate and each NUL replaced by U+FFFD (REPLACEMENT CHARACTER).
+
+    Replaced rather than removed: the stored text keeps its length and shows where something was.
+    Two surrogate halves in a row are two code points in a ``str``, so each becomes U+FFFD.
+
+    Usage::
+
+        clean_text("a\\x00b\\udc00")   # "a\\ufffdb\\ufffd"
+    """
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -42,6 +61,25 @@ class TraceRecord:
 
     def as_tuple(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in COLUMNS)
+
+    def cleaned(self) -> TraceRecord:
+        """A copy whose text fields pass :func:`clean_text` (lone surrogates and NUL become U+FFFD)."""
+        values: dict[str, Any] = {}
+        for name in COLUMNS:
+            value = getattr(self, name)
+            values[name] = clean_text(value) if isinstance(value, str) else value
+        return TraceRecord(**values)
+
+    def stub(self, note: str) -> TraceRecord:
+        """The row cut to its identity and outcome, with ``note`` (why the full row failed) in ``error``.
+
+        For a row that even :meth:`cleaned` cannot make storable (say a token count past BIGINT): the
+        request still appears in reports, counted, with no content, usage, cost or energy.
+        """
+        error = f"trace row not storable ({note})" + (f"; request error: {self.error}" if self.error else "")
+        return TraceRecord(id=self.id, ts=self.ts, requested_model=self.requested_model, model=self.model,
+                           tag=self.tag, stream=self.stream, status=self.status, http_status=self.http_status,
+                           error=error).cleaned()
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TraceRecord))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ class TraceStore:
         self.dialect = "postgresql" if url.startswith(("postgresql://", "postgres://")) else "sqlite"
         self._mark = "%s" if self.dialect == "postgresql" else "?"
         self._local = threading.local()
+        self._memory = uuid.uuid4().hex  # names this store's in-memory SQLite database
         self._all: list[Any] = []
         self._lock = threading.Lock()
 
@@ -45,8 +47,13 @@ class TraceStore:
             # Autocommit: a read must not leave a transaction open (it would hold table locks).
             return psycopg.connect(self.url, autocommit=True)
         path = self.url.removeprefix("sqlite:///") if self.url != "sqlite://" else ":memory:"
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path == ":memory:":
+            # One database for all of this store's threads (a plain ":memory:" is one per connection,
+            # and the writer thread's rows went to a database without tables); it lives while they do.
+            conn = sqlite3.connect(f"file:wattwise-{self._memory}?mode=memory&cache=shared", uri=True,
+                                   check_same_thread=False, timeout=30)
+            return conn
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -69,10 +76,13 @@ class TraceStore:
         return apply_migrations(self.conn, dialect=self.dialect)
 
     def insert(self, records: Sequence[TraceRecord]) -> None:
-        """Insert rows with one multi-row statement per chunk.
+        """Insert rows with one multi-row statement per chunk, all or none; an id already stored is skipped.
 
         One statement per chunk, not one per row: the database call releases the GIL, and a writer
         thread that has to win the GIL back from a busy event loop for every row falls behind.
+        Skipping a stored id (``ON CONFLICT (id) DO NOTHING``) makes replaying a journal idempotent.
+        One row the database refuses fails the whole call: :class:`~wattwise.store.writer.TraceWriter`
+        then cleans or cuts down that row so it cannot take the others with it.
         """
         if not records:
             return
@@ -87,9 +97,17 @@ class TraceStore:
                 self._insert_chunks(conn.cursor(), head, row, records)
                 conn.commit()
         except Exception as exc:
-            if self.dialect == "sqlite":
-                conn.rollback()
+            self._after_failure(conn)
             raise StoreError(f"trace insert failed: {exc}") from exc
+
+    def _after_failure(self, conn: Any) -> None:
+        """Roll back (SQLite), or forget a closed PostgreSQL connection so the next call reconnects."""
+        if self.dialect == "sqlite":
+            conn.rollback()
+        elif conn.closed:
+            self._local.conn = None
+            with self._lock:
+                self._all.remove(conn)
 
     @staticmethod
     def _insert_chunks(cur: Any, head: str, row: str, records: Sequence[TraceRecord]) -> None:
@@ -99,7 +117,8 @@ class TraceStore:
         while start < len(records):
             size = min(INSERT_CHUNK, 1 << ((len(records) - start).bit_length() - 1))
             chunk = records[start:start + size]
-            cur.execute(head + ", ".join([row] * size), [v for r in chunk for v in r.as_tuple()])
+            cur.execute(head + ", ".join([row] * size) + " ON CONFLICT (id) DO NOTHING",
+                        [v for r in chunk for v in r.as_tuple()])
             start += size
 
     def fetch(self, *, since: float | None = None, until: float | None = None) -> list[TraceRecord]:

@@ -99,10 +99,19 @@ class ServerConfig(_Strict):
 
 
 class StoreConfig(_Strict):
+    """Where trace rows go and how they get there.
+
+    ``journal_dir``: the write-ahead journal that keeps answered requests' rows through a crash
+    (``None``: beside the SQLite file, or ``./wattwise-journal`` for PostgreSQL; ``""``: none);
+    ``journal_fsync``: also flush each journal line to disk (survives power loss, costs a disk flush).
+    """
+
     url: str = "sqlite:///wattwise.db"
     store_content: bool = True
     batch_size: int = Field(default=256, ge=1)
     flush_interval_s: float = Field(default=0.2, gt=0)
+    journal_dir: str | None = None
+    journal_fsync: bool = False
 
     @field_validator("url")
     @classmethod

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import IO, Any
 
 from wattwise.exceptions import StoreError
 from wattwise.store.sql import TraceStore
@@ -34,6 +34,14 @@ WINDOWS_S = {"24h": 86400.0}
 ERROR_STATES = ("failed", "expired", "cancelled")
 EXPIRED = {"code": "batch_expired", "message": "the batch's completion window ended before this line ran"}
 CANCELLED = {"code": "batch_cancelled", "message": "the batch was cancelled before this line ran"}
+CHUNK_BYTES = 1 << 20  # a file is stored, and read back, in rows of this size
+FINISHED = ("completed", "cancelled", "expired", "failed")
+
+
+def plausible_id(value: object) -> bool:
+    """Whether ``value`` could be an id this store made: printable ASCII, so a NUL or a lone surrogate
+    (which PostgreSQL and SQLite reject in text) never reaches a query; anything else is unknown."""
+    return isinstance(value, str) and 0 < len(value) <= 256 and value.isascii() and value.isprintable()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +55,7 @@ class FileRow:
     created_at: float
     kind: str
     batch_id: str | None = None
+    expires_at: float | None = None  # the file's own expiry; the retention period applies otherwise
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +151,7 @@ class BatchStore:
     def __init__(self, *, store: TraceStore) -> None:
         self.store = store
         self.postgresql = store.dialect == "postgresql"
+        self._next_purge = 0.0
 
     def _query(self) -> _Query:
         return _Query(self.store.conn.cursor(), postgresql=self.postgresql)
@@ -164,21 +174,100 @@ class BatchStore:
 
     # -- files -----------------------------------------------------------------------------------
 
-    def add_file(self, *, purpose: str, filename: str, content: bytes, now: float) -> FileRow:
-        row = FileRow(id="file-" + uuid.uuid4().hex[:24], purpose=purpose, filename=filename,
-                      bytes=len(content), created_at=now, kind="upload")
+    def add_file(self, *, purpose: str, filename: str, content: bytes | IO[bytes], now: float,
+                 expires_at: float | None = None) -> FileRow:
+        """Store an upload; ``content`` may be an open file, read and written ``CHUNK_BYTES`` at a time."""
+        stream = _chunks(content)
         with self._tx() as q:
-            _insert_file(q, row, content)
+            file_id, size = "file-" + uuid.uuid4().hex[:24], 0
+            for seq, chunk in enumerate(stream):
+                q.run("INSERT INTO batch_file_chunks (file_id, seq, data) VALUES (?, ?, ?)", (file_id, seq, chunk))
+                size += len(chunk)
+            row = FileRow(id=file_id, purpose=purpose, filename=filename, bytes=size, created_at=now,
+                          kind="upload", expires_at=expires_at)
+            _insert_row(q, row)
         return row
 
     def get_file(self, file_id: str) -> FileRow | None:
+        if not plausible_id(file_id):
+            return None
         row = self._query().run(f"SELECT {', '.join(FILE_COLUMNS)} FROM batch_files WHERE id = ?",
                                 (file_id,)).one()
-        return FileRow(**dict(zip(FILE_COLUMNS, row, strict=True))) if row else None
+        return _file(row) if row else None
 
     def file_content(self, file_id: str) -> bytes | None:
-        row = self._query().run("SELECT content FROM batch_files WHERE id = ?", (file_id,)).one()
-        return bytes(row[0]) if row else None
+        """The whole file in memory (small files, tests); :meth:`file_chunks` streams it."""
+        chunks = self.file_chunks(file_id)
+        return None if chunks is None else b"".join(chunks)
+
+    def file_chunks(self, file_id: str) -> Iterator[bytes] | None:
+        """The file's bytes one stored chunk at a time (one query each), or None if there is no such file."""
+        if not plausible_id(file_id):
+            return None
+        row = self._query().run("SELECT length(content) FROM batch_files WHERE id = ?", (file_id,)).one()
+        return None if row is None else self._read_chunks(file_id, legacy=bool(row[0]))
+
+    def _read_chunks(self, file_id: str, *, legacy: bool) -> Iterator[bytes]:
+        if legacy:  # written before 0003_file_chunks, in one row
+            row = self._query().run("SELECT content FROM batch_files WHERE id = ?", (file_id,)).one()
+            if row:
+                yield bytes(row[0])
+        seq = 0
+        while row := self._query().run("SELECT data FROM batch_file_chunks WHERE file_id = ? AND seq = ?",
+                                       (file_id, seq)).one():
+            yield bytes(row[0])
+            seq += 1
+
+    def list_files(self, *, limit: int, after: str | None = None, order: str = "desc",
+                   purpose: str | None = None) -> list[FileRow]:
+        """A page of files by ``created_at`` (``order`` ``asc`` or ``desc``), after the file ``after``."""
+        if after is not None and not plausible_id(after):
+            return []
+        op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
+        where, args = [], []
+        if after is not None:
+            where.append(f"(created_at, id) {op} (SELECT created_at, id FROM batch_files WHERE id = ?)")
+            args.append(after)
+        if purpose is not None:
+            where.append("purpose = ?")
+            args.append(purpose)
+        sql = (f"SELECT {', '.join(FILE_COLUMNS)} FROM batch_files"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + f" ORDER BY created_at {direction}, id {direction} LIMIT ?")
+        return [_file(row) for row in self._query().run(sql, (*args, limit)).all()]
+
+    def delete_file(self, file_id: str) -> bool:
+        """Delete a file and its content; False if there was none. A batch made from it keeps running:
+        its lines were copied into the queue when it was created."""
+        if not plausible_id(file_id):
+            return False
+        with self._tx() as q:
+            q.run("DELETE FROM batch_file_chunks WHERE file_id = ?", (file_id,))
+            return q.run("DELETE FROM batch_files WHERE id = ?", (file_id,)).rowcount == 1
+
+    def purge_expired(self, *, now: float, retention_s: float | None, every_s: float = 0.0) -> list[str]:
+        """Delete files past their expiry (their own ``expires_at``, else ``created_at + retention_s``),
+        and drop the request and response text of batches finished more than ``retention_s`` ago
+        (their counts stay). ``retention_s=None`` keeps everything without an explicit expiry.
+
+        With ``every_s``, a call within ``every_s`` of the last one that ran does nothing (the runner
+        calls it on every tick)."""
+        if now < self._next_purge:
+            return []
+        self._next_purge = now + every_s
+        if retention_s is None:
+            due = self._query().run("SELECT id FROM batch_files WHERE expires_at <= ?", (now,)).all()
+        else:
+            due = self._query().run("SELECT id FROM batch_files WHERE COALESCE(expires_at, created_at + ?) <= ?",
+                                    (retention_s, now)).all()
+        deleted = [file_id for (file_id,) in due if self.delete_file(file_id)]
+        if retention_s is not None:
+            with self._tx() as q:
+                q.run("UPDATE batch_lines SET body = NULL, response = NULL WHERE (body IS NOT NULL OR response "
+                      "IS NOT NULL) AND batch_id IN (SELECT id FROM batches WHERE status IN "
+                      f"({', '.join('?' * len(FINISHED))}) AND COALESCE(completed_at, cancelled_at, expired_at, "
+                      "failed_at) <= ?)", (*FINISHED, now - retention_s))
+        return deleted
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -204,12 +293,16 @@ class BatchStore:
         return batch
 
     def get_batch(self, batch_id: str) -> BatchRow | None:
+        if not plausible_id(batch_id):
+            return None
         row = self._query().run(f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches WHERE id = ?",
                                 (batch_id,)).one()
         return _batch(row) if row else None
 
     def list_batches(self, *, limit: int, after: str | None = None) -> list[BatchRow]:
         """Newest first; ``after`` is the id of the last batch of the previous page."""
+        if after is not None and not plausible_id(after):
+            return []
         where = " WHERE (created_at, id) < (SELECT created_at, id FROM batches WHERE id = ?)" if after else ""
         sql = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches{where} ORDER BY created_at DESC, id DESC LIMIT ?"
         return [_batch(row) for row in self._query().run(sql, ((after,) if after else ()) + (limit,)).all()]
@@ -222,6 +315,8 @@ class BatchStore:
 
     def cancel(self, batch_id: str, *, now: float) -> BatchRow | None:
         """Stop a batch: pending lines are cancelled now, running ones may finish. Idempotent."""
+        if not plausible_id(batch_id):
+            return None
         with self._tx() as q:
             moved = q.run("UPDATE batches SET status = 'cancelling', cancelling_at = ? "
                           "WHERE id = ? AND status = 'in_progress'", (now, batch_id)).rowcount
@@ -314,10 +409,29 @@ def _batch(row: Sequence[Any]) -> BatchRow:
     return BatchRow(**dict(zip(BATCH_COLUMNS, row, strict=True)))
 
 
-def _insert_file(q: _Query, row: FileRow, content: bytes) -> None:
-    values = (*(getattr(row, name) for name in FILE_COLUMNS), content)
+def _file(row: Sequence[Any]) -> FileRow:
+    return FileRow(**dict(zip(FILE_COLUMNS, row, strict=True)))
+
+
+def _chunks(content: bytes | IO[bytes]) -> Iterator[bytes]:
+    if isinstance(content, bytes):
+        yield from (content[i:i + CHUNK_BYTES] for i in range(0, len(content), CHUNK_BYTES))
+        return
+    while chunk := content.read(CHUNK_BYTES):
+        yield chunk
+
+
+def _insert_row(q: _Query, row: FileRow) -> None:
+    """The file's row; its bytes are in ``batch_file_chunks`` (``content`` is only for files from before)."""
+    values = (*(getattr(row, name) for name in FILE_COLUMNS), b"")
     q.run(f"INSERT INTO batch_files ({', '.join(FILE_COLUMNS)}, content) VALUES ({', '.join('?' * len(values))})",
           values)
+
+
+def _insert_file(q: _Query, row: FileRow, content: bytes) -> None:
+    for seq, chunk in enumerate(_chunks(content)):
+        q.run("INSERT INTO batch_file_chunks (file_id, seq, data) VALUES (?, ?, ?)", (row.id, seq, chunk))
+    _insert_row(q, row)
 
 
 def result_line(batch_id: str, line_no: int, custom_id: str | None, response: str | None,
@@ -336,8 +450,9 @@ def _attach_files(q: _Query, batch_id: str, now: float) -> None:
     for kind, lines in files.items():
         if not lines:
             continue
+        # backslashreplace: a lone surrogate that slipped into a result must not stop the batch closing.
         content = "".join(json.dumps(result_line(batch_id, int(n), c, resp, err), ensure_ascii=False) + "\n"
-                          for n, c, _, resp, err in lines).encode()
+                          for n, c, _, resp, err in lines).encode("utf-8", "backslashreplace")
         row = FileRow(id="file-" + uuid.uuid4().hex[:24], purpose="batch_output", bytes=len(content),
                       filename=f"{batch_id}_{kind}.jsonl", created_at=now, kind=kind, batch_id=batch_id)
         _insert_file(q, row, content)

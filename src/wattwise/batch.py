@@ -26,16 +26,17 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
 import anyio
 
+from wattwise.api.body import decode_json
 from wattwise.api.middleware import new_request_id
-from wattwise.request import ChatBody, parse_chat_body
 from wattwise.exceptions import WattwiseError
 from wattwise.gateway import Call, Gateway, Outcome
+from wattwise.request import ChatBody, parse_chat_body
 from wattwise.store.batch import BatchStore, Claim, NewLine
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,18 @@ class LineError(ValueError):
         self.param = param
 
 
-def parse_input(content: bytes, *, file_label: str, endpoint: str, known_model: Callable[[str], bool],
-                max_body_bytes: int) -> list[NewLine]:
+def parse_input(content: bytes | Iterable[bytes], *, file_label: str, endpoint: str,
+                known_model: Callable[[str], bool], max_body_bytes: int) -> list[NewLine]:
     """Every non-blank line of a batch input file, each valid or carrying the error that fails it.
 
+    ``content`` is the file, or its bytes in chunks of any size (a stored file, read a chunk at a time).
     An error names the file, the 1-based line and the field: ``in.jsonl (file-abc) line 3, field
     'body.messages': Field required``.
     """
     lines: list[NewLine] = []
     seen: set[str] = set()
-    for number, raw in enumerate(content.split(b"\n"), start=1):
+    chunks = [content] if isinstance(content, bytes) else content
+    for number, raw in enumerate(split_lines(chunks), start=1):
         if not raw.strip():
             continue
         custom_id = None
@@ -79,11 +82,27 @@ def parse_input(content: bytes, *, file_label: str, endpoint: str, known_model: 
     return lines
 
 
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The ``\\n``-separated lines of a byte stream given in chunks (a line may span chunks).
+
+    >>> list(split_lines([b"a\\nb", b"c\\n", b"d"]))
+    [b'a', b'bc', b'd']
+    """
+    tail = b""
+    for chunk in chunks:
+        *whole, tail = (tail + chunk).split(b"\n")
+        yield from whole
+    yield tail
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
+    """The line as a JSON object, with the checks every JSON body gets (strict UTF-8, no lone
+    surrogate, which no UTF-8 text nor the store can hold, finite numbers, bounded depth)."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LineError(f"not valid JSON: {exc}") from None
+        data = decode_json(raw)
+    except WattwiseError as exc:
+        message = exc.message.replace("the request body is ", "").replace("the request body ", "the line ")
+        raise LineError(message, param=exc.param) from None
     if not isinstance(data, dict):
         raise LineError("each line must be a JSON object")
     return data
@@ -93,6 +112,8 @@ def _custom_id(data: dict[str, Any], seen: set[str]) -> str:
     custom_id = data.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise LineError("custom_id must be a non-empty string", param="custom_id")
+    if "\x00" in custom_id or len(custom_id) > 512:
+        raise LineError("custom_id must be at most 512 characters, with no NUL", param="custom_id")
     if custom_id in seen:
         raise LineError(f"custom_id {custom_id!r} is not unique in this file", param="custom_id")
     return custom_id
@@ -197,6 +218,8 @@ class BatchRunner:
                                    lease_until=now + self.config.lease_s))
         await self._db(partial(self.queue.expire_due, now=now))
         await self._db(partial(self.queue.finalize_ready, now=now))
+        await self._db(partial(self.queue.purge_expired, now=now, retention_s=self.gateway.config.files.retention_s,
+                               every_s=self.gateway.config.files.purge_interval_s))
         free = self.free_slots()
         if not free:
             return 0

@@ -146,3 +146,10 @@ async def test_the_backend_refuses_before_loading_the_model(tmp_path: Path) -> N
             pass
     assert caught.value.param == "tools"
     assert backend._llama is None
+
+
+def test_the_built_in_fleet_has_no_base_model() -> None:
+    # Gemma 3 270M from PyPI is the pre-trained base model: it answered chat with garbage.
+    from wattwise.config import default_config
+
+    assert set(default_config().models) == {"smollm2-135m"}

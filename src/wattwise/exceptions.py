@@ -7,6 +7,7 @@ OpenAI's error body with the right status::
     ├── ConfigError               bad config file: names the key and its line
     ├── OutcomesError             bad outcomes file: names the file and line
     ├── StoreError                trace store failure
+    ├── InternalError             500, a bug: an exception nobody expected, mapped at the call's end
     ├── RequestError              the caller's mistake (4xx)
     │   ├── InvalidRequest        400, a bad field
     │   ├── ModelNotFound         404, unknown model
@@ -88,6 +89,14 @@ class OutcomesError(WattwiseError):
 
 class StoreError(WattwiseError):
     """The trace store failed."""
+
+
+class InternalError(WattwiseError):
+    """An exception nobody expected; the client gets this, the log and trace row get the cause."""
+
+    status = 500
+    error_type = "server_error"
+    code = "internal_error"
 
 
 class RequestError(WattwiseError):

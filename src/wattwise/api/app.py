@@ -23,120 +23,138 @@ from starlette.routing import Route
 
 from wattwise.api.batch import BATCH_ROUTES
 from wattwise.api.body import read_limited
-from wattwise.api.errors import error_response
 from wattwise.api.middleware import WattwiseHeaders
-from wattwise.request import ChatBody, parse_chat_body
+from wattwise.api.proxy import PROXY_ROUTES
+from wattwise.api.render import JSONBody, dumps, header_value, meter_body, meter_headers
 from wattwise.backends.base import StreamEvent
 from wattwise.batch import BatchRunner
-from wattwise.exceptions import InvalidRequest, WattwiseError
-from wattwise.gateway import Call, Gateway, Outcome
+from wattwise.call import Call, ClientGone, Outcome
+from wattwise.exceptions import InternalError, InvalidRequest, ModelNotFound, NotFound, WattwiseError
+from wattwise.gateway import Gateway
 from wattwise.metrics import CONTENT_TYPE
+from wattwise.request import ChatBody, parse_chat_body
 from wattwise.store.batch import BatchStore
 
 log = logging.getLogger(__name__)
 
 
-def _num(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.10g}"
-
-
-def meter_headers(request_id: str, outcome: Outcome | None, *, pending: bool = False) -> dict[str, str]:
-    headers = {"x-wattwise-request-id": request_id}
-    if outcome is None:
-        headers.update({"x-wattwise-model": "none", "x-wattwise-cost-usd": "0", "x-wattwise-energy-j": "0"})
-        return headers
-    headers["x-wattwise-model"] = outcome.decision.model
-    headers["x-wattwise-route"] = outcome.decision.reason.encode("ascii", "replace").decode()[:500]
-    if pending:
-        headers.update({"x-wattwise-cost-usd": "pending", "x-wattwise-energy-j": "pending"})
-    else:
-        headers["x-wattwise-cost-usd"] = _num(outcome.cost_usd)
-        headers["x-wattwise-energy-j"] = _num(outcome.energy.joules)
-        headers["x-wattwise-energy-source"] = outcome.energy.source
-    return headers
-
-
-def meter_body(outcome: Outcome) -> dict[str, Any]:
-    return {"model": outcome.decision.model, "route": outcome.decision.reason,
-            "policy": outcome.decision.policy, "cost_usd": outcome.cost_usd,
-            "cost_source": outcome.cost_source, "energy_j": outcome.energy.joules,
-            "energy_source": outcome.energy.source}
-
-
 def completion_body(call: Call, outcome: Outcome) -> dict[str, Any]:
+    """The answer as OpenAI's ``chat.completion``: a pass-through backend's body unchanged but for
+    ``model`` (the configured name wattwise chose) and the ``wattwise`` extras."""
+    done = outcome.completion
+    if done is not None and done.raw is not None:
+        return {**done.raw, "model": outcome.decision.model, "wattwise": meter_body(outcome)}
     message: dict[str, Any] = {"role": "assistant", "content": outcome.text, **outcome.extra}
     return {
         "id": "chatcmpl-" + call.request_id.removeprefix("req_"), "object": "chat.completion",
         "created": int(call.ts), "model": outcome.decision.model,
         "choices": [{"index": 0, "message": message, "finish_reason": outcome.finish_reason,
-                     "logprobs": None}],
+                     "logprobs": done.logprobs if done else None}],
         "usage": outcome.usage.to_openai() if outcome.usage else None,
         "wattwise": meter_body(outcome),
     }
 
 
 class SSE:
-    """Turns backend stream events into OpenAI ``chat.completion.chunk`` server-sent events."""
+    """Turns stream events into OpenAI ``chat.completion.chunk`` server-sent events.
+
+    A pass-through event's chunk is sent as the upstream sent it, but for ``model``; its usage
+    chunk is held until the answer is metered, then sent with the ``wattwise`` extras (only when the
+    client asked for usage: wattwise always asks upstream, since usage is what it meters).
+    """
 
     def __init__(self, call: Call, *, include_usage: bool) -> None:
         self.call = call
         self.include_usage = include_usage
         self.base = {"id": "chatcmpl-" + call.request_id.removeprefix("req_"),
                      "object": "chat.completion.chunk", "created": int(call.ts)}
+        self.held_usage: dict[str, Any] | None = None
+
+    @property
+    def model(self) -> str:
+        assert self.call.outcome is not None
+        return self.call.outcome.decision.model
 
     def chunk(self, delta: dict[str, Any] | None, finish: str | None = None,
-              usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> bytes:
-        assert self.call.outcome is not None
-        body: dict[str, Any] = {**self.base, "model": self.call.outcome.decision.model}
+              usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+              logprobs: dict[str, Any] | None = None) -> bytes:
+        body: dict[str, Any] = {**self.base, "model": self.model}
         body["choices"] = [] if delta is None else [
-            {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+            {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]
         if usage is not None or self.include_usage:
             body["usage"] = usage
         if extra:
             body.update(extra)
-        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+        return b"data: " + dumps(body) + b"\n\n"
+
+    def opener(self, first: StreamEvent | None) -> list[bytes]:
+        if first is not None and first.raw is not None:
+            return []  # the upstream sends its own first chunk
+        return [self.chunk({"role": "assistant", "content": ""})]
 
     def event(self, event: StreamEvent) -> list[bytes]:
+        if event.raw is not None:
+            return self._raw(event.raw)
         out = []
-        if event.delta:
-            out.append(self.chunk({"content": event.delta}))
+        delta: dict[str, Any] = {"content": event.delta} if event.delta else {}
+        if event.delta_extra:
+            delta.update(event.delta_extra)
+        if delta or event.logprobs:
+            out.append(self.chunk(delta, logprobs=event.logprobs))
         if event.finish_reason is not None:
             out.append(self.chunk({}, finish=event.finish_reason))
-            outcome = self.call.outcome
-            assert outcome is not None
-            if self.include_usage:
-                usage = outcome.usage.to_openai() if outcome.usage else None
-                out.append(self.chunk(None, usage=usage, extra={"wattwise": meter_body(outcome)}))
         return out
 
+    def _raw(self, chunk: dict[str, Any]) -> list[bytes]:
+        if chunk.get("usage") and not chunk.get("choices"):
+            self.held_usage = chunk
+            return []
+        chunk = {**chunk, "model": self.model}
+        if not self.include_usage:
+            chunk.pop("usage", None)
+        return [b"data: " + dumps(chunk) + b"\n\n"]
 
-async def sse_body(call: Call, first: StreamEvent | None, events: AsyncIterator[StreamEvent],
-                   include_usage: bool) -> AsyncIterator[bytes]:
-    sse = SSE(call, include_usage=include_usage)
-    completed = False
+    def tail(self) -> list[bytes]:
+        """After the answer is metered: the usage chunk, if the client asked for it."""
+        outcome = self.call.outcome
+        if not self.include_usage or outcome is None:
+            return []
+        extras = {"wattwise": meter_body(outcome)}
+        if self.held_usage is not None:
+            return [b"data: " + dumps({**self.held_usage, "model": self.model, **extras}) + b"\n\n"]
+        usage = outcome.usage.to_openai() if outcome.usage else None
+        return [self.chunk(None, usage=usage, extra=extras)]
+
+
+async def sse_body(call: Call, sse: SSE, first: StreamEvent | None,
+                   events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
+    """The stream's bytes; the call is closed (its row written) before the final bytes leave."""
     try:
-        yield sse.chunk({"role": "assistant", "content": ""})
+        for data in sse.opener(first):
+            yield data
         if first is not None:
             for data in sse.event(first):
                 yield data
         async for event in events:
             for data in sse.event(event):
                 yield data
-        call.finish()
+        tail = sse.tail()
+        call.close()
+        for data in tail:
+            yield data
         yield b"data: [DONE]\n\n"
-        completed = True
-    except WattwiseError as exc:
-        call.fail(exc)
-        yield b"data: " + json.dumps(exc.to_body()).encode() + b"\n\n"
-        completed = True
+    except Exception as exc:
+        error = call.close(exc)
+        if error is None:
+            raise
+        yield b"data: " + dumps(error.to_body()) + b"\n\n"
     finally:
-        if not completed:
-            # The client went away: stop the upstream work, then say so in the trace row.
+        if not call.closed:
+            # The client went away (or the server is stopping): stop the upstream work, then say so.
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(Exception):
                     await events.aclose()  # type: ignore[attr-defined]
-                call.finish(status="client_disconnected", http_status=499,
-                            error="client disconnected mid-stream")
+                call.close(ClientGone())
 
 
 def _tag(request: Request, body: ChatBody) -> str | None:
@@ -146,28 +164,21 @@ def _tag(request: Request, body: ChatBody) -> str | None:
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     request_id: str = request.scope["state"]["request_id"]
-    try:
-        raw = await read_limited(request, gateway.config.server.max_body_bytes)
-        body = parse_chat_body(raw, max_bytes=gateway.config.server.max_body_bytes)
-    except WattwiseError as exc:
-        return error_response(exc, headers=meter_headers(request_id, None))
-    call = gateway.begin(body, request_id=request_id, tag=_tag(request, body))
+    raw = await read_limited(request, gateway.config.server.max_body_bytes)
+    body = parse_chat_body(raw, max_bytes=gateway.config.server.max_body_bytes)
+    call = gateway.call(body, request_id=request_id, tag=_tag(request, body))
+    request.scope["state"]["call"] = call
     if body.stream:
         return await _stream(call, body)
-    try:
+    async with call:
         outcome = await call.complete()
-    except Exception as exc:
-        return _failed(call, exc)
-    call.finish()
-    return JSONResponse(completion_body(call, outcome), headers=meter_headers(request_id, outcome))
+        headers = {**meter_headers(request_id, outcome), **_passed(outcome)}
+        # Rendered inside the call: a body that cannot be sent is the call's failure, not a row saying ok.
+        return JSONBody(completion_body(call, outcome), headers=headers)
 
 
-def _failed(call: Call, exc: Exception) -> Response:
-    call.fail(exc)
-    if not isinstance(exc, WattwiseError):
-        log.exception("request %s failed", call.request_id)
-        exc = WattwiseError(f"internal error: {type(exc).__name__}")
-    return error_response(exc, headers=meter_headers(call.request_id, call.outcome))
+def _passed(outcome: Outcome) -> dict[str, str]:
+    return outcome.completion.headers if outcome.completion is not None else {}
 
 
 async def _stream(call: Call, body: ChatBody) -> Response:
@@ -176,22 +187,39 @@ async def _stream(call: Call, body: ChatBody) -> Response:
         first: StreamEvent | None = await events.__anext__()
     except StopAsyncIteration:
         first = None
-    except Exception as exc:
-        return _failed(call, exc)
+    except BaseException as exc:
+        error = call.close(exc)
+        if error is None or error is exc:
+            raise
+        raise error from exc
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(sse_body(call, first, events, include_usage), media_type="text/event-stream",
+    sse = SSE(call, include_usage=include_usage)
+    return StreamingResponse(sse_body(call, sse, first, events), media_type="text/event-stream",
                              headers={**meter_headers(call.request_id, call.outcome, pending=True),
                                       "cache-control": "no-cache"})
 
 
+def _model_object(gateway: Gateway, name: str) -> dict[str, Any]:
+    created = int(gateway.started_at)
+    if name == "auto":
+        return {"id": "auto", "object": "model", "created": created, "owned_by": "wattwise",
+                "wattwise": {"backend": "router"}}
+    return {"id": name, "object": "model", "created": created, "owned_by": "wattwise",
+            "wattwise": gateway.backends[name].describe()}
+
+
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    created = int(gateway.started_at)
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "wattwise",
-             "wattwise": backend.describe()} for name, backend in gateway.backends.items()]
-    data.append({"id": "auto", "object": "model", "created": created, "owned_by": "wattwise",
-                 "wattwise": {"backend": "router"}})
+    data = [_model_object(gateway, name) for name in [*gateway.backends, "auto"]]
     return JSONResponse({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    name = request.path_params["model"]
+    if name != "auto" and name not in gateway.backends:
+        raise ModelNotFound(f"The model '{name}' does not exist; see GET /v1/models", param="model")
+    return JSONResponse(_model_object(gateway, name))
 
 
 async def healthz(request: Request) -> Response:
@@ -214,14 +242,35 @@ async def feedback(request: Request) -> Response:
     try:
         data = json.loads(await read_limited(request, 65536))
         request_id, score = data["request_id"], data["score"]
-    except (ValueError, KeyError, TypeError) as exc:
-        return error_response(InvalidRequest(f"body needs request_id and score ({exc})", param="score"))
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise InvalidRequest(f"body needs request_id and score ({type(exc).__name__})", param="score") from None
+    if not isinstance(request_id, str) or not request_id or "\x00" in request_id or len(request_id) > 200:
+        raise InvalidRequest("request_id must be a request id string", param="request_id")
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
-        return error_response(InvalidRequest("score must be a number in 0..1", param="score"))
-    gateway.writer.flush()
-    if not await anyio.to_thread.run_sync(gateway.store.set_score, str(request_id), float(score)):
-        return error_response(InvalidRequest(f"no request {request_id!r}", param="request_id", code="not_found"))
+        raise InvalidRequest("score must be a number in 0..1", param="score")
+    store, writer = gateway.store, gateway.writer
+
+    def set_score() -> bool:
+        # The row may still be on its way to the store: wait for the writer, off the event loop.
+        if store.set_score(request_id, float(score)):
+            return True
+        writer.flush()
+        return store.set_score(request_id, float(score))
+
+    if not await anyio.to_thread.run_sync(set_score):
+        raise NotFound(f"no request {request_id!r}", param="request_id")
     return JSONResponse({"request_id": request_id, "score": score})
+
+
+async def wattwise_error(request: Request, exc: Exception) -> Response:
+    """The one renderer of every :class:`WattwiseError`: OpenAI's body, the status, the upstream's
+    headers it carries, and the meter headers of the call it ended (if one had begun)."""
+    assert isinstance(exc, WattwiseError)
+    state = request.scope.get("state", {})
+    call: Call | None = state.get("call")
+    headers = meter_headers(state.get("request_id", ""), call.outcome if call else None)
+    headers.update({k: header_value(v) for k, v in getattr(exc, "headers", {}).items()})
+    return JSONBody(exc.to_body(), status_code=exc.status, headers=headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -230,7 +279,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     err.status = exc.status_code
     err.error_type = "invalid_request_error"
     err.code = "not_found" if exc.status_code == 404 else "method_not_allowed"
-    return error_response(err)
+    return await wattwise_error(request, err)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug outside any call: still OpenAI's body (Starlette logs the traceback)."""
+    return await wattwise_error(request, InternalError(f"internal error ({type(exc).__name__})"))
 
 
 def create_app(gateway: Gateway) -> WattwiseHeaders:
@@ -244,18 +298,22 @@ def create_app(gateway: Gateway) -> WattwiseHeaders:
         try:
             yield
         finally:
+            gateway.begin_shutdown()
             await runner.stop()
             await gateway.stop()
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        *PROXY_ROUTES,
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/wattwise/feedback", feedback, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *BATCH_ROUTES,
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    handlers = {HTTPException: http_error, WattwiseError: wattwise_error, Exception: internal_error}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.gateway = gateway
     app.state.batch_runner = runner
     return WattwiseHeaders(app)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from wattwise.exceptions import InvalidRequest
 from wattwise.metering.energy import EnergyReading
 from wattwise.metering.usage import Usage
 
@@ -52,6 +53,14 @@ class ChatRequest:
             if message.get("role") == "user":
                 return _content_text(message.get("content"))
         return ""
+
+
+def refuse_n(request: ChatRequest, name: str) -> None:
+    """For backends that give one answer a call: ``n > 1`` is a 400 naming ``n``, never ignored."""
+    n = request.extra.get("n", 1)
+    if n != 1:
+        raise InvalidRequest(f"the model '{name}' answers one choice per request; n={n} cannot be honoured",
+                             param="n", code="unsupported_value")
 
 
 def _content_text(content: Any) -> str:
@@ -107,6 +116,14 @@ class StreamEvent:
     score: float | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Forwarded:
+    """One line of a forwarded stream, passed on as is; ``usage`` when the line carried it."""
+
+    line: bytes
+    usage: Usage | None = None
+
+
 class Backend(ABC):
     """A model backend. Subclasses set ``kind`` and implement ``complete`` and ``stream``."""
 
@@ -122,6 +139,17 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Answer piece by piece; closing the iterator cancels the upstream work."""
+
+    async def forward(self, path: str, body: dict[str, Any]) -> Completion:
+        """Another OpenAI endpoint (``/embeddings``, ``/completions``, ``/responses``), non-streamed:
+        the upstream's body in ``raw``, its usage read. Only pass-through backends have one."""
+        raise InvalidRequest(f"the model '{self.name}' ({self.kind}) does not serve /v1{path}", param="model",
+                             code="unsupported_endpoint")
+
+    def forward_stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[Forwarded]:
+        """The same, streamed: the upstream's server-sent-event lines as they come."""
+        raise InvalidRequest(f"the model '{self.name}' ({self.kind}) does not serve /v1{path}", param="model",
+                             code="unsupported_endpoint")
 
     async def health(self) -> bool | None:
         """An active health probe: True up, False down, None when the backend has no probe."""

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent
+from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent, refuse_n
 from wattwise.exceptions import UpstreamError, WattwiseError
 from wattwise.metering.usage import Usage
 
@@ -50,6 +50,7 @@ class MockBackend(Backend):
         return Usage(input_tokens=len(request.prompt_text().split()), output_tokens=len(text.split()))
 
     async def complete(self, request: ChatRequest) -> Completion:
+        refuse_n(request, self.name)
         self.calls.append(request)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -59,6 +60,7 @@ class MockBackend(Backend):
         return Completion(text=text, usage=self._usage(request, text), cost_usd=self.cost_usd)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        refuse_n(request, self.name)
         self.calls.append(request)
         text = self._text(request)
         words = text.split(" ")

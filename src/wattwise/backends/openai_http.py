@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent
+from wattwise.backends.base import Backend, ChatRequest, Completion, Forwarded, StreamEvent
 from wattwise.backends.transport import AiohttpTransport, Transport
-from wattwise.exceptions import BackendError, ConfigError, UpstreamError, UpstreamRejected
+from wattwise.exceptions import (
+    BackendError,
+    ConfigError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+)
 from wattwise.metering.usage import Usage
 
 if TYPE_CHECKING:
@@ -38,7 +45,8 @@ class OpenAIHTTPBackend(Backend):
                  transport: Transport | None = None) -> None:
         super().__init__(name=name)
         self.upstream_model = upstream_model
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self.models_url = base_url.rstrip("/") + "/models"
         self.headers = {"content-type": "application/json"}
         if api_key:
@@ -47,40 +55,92 @@ class OpenAIHTTPBackend(Backend):
             timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, max_connections=max_connections)
 
     def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
-        body: dict[str, Any] = {**request.extra, "model": self.upstream_model,
-                                "messages": request.messages}
-        for key in ("max_tokens", "temperature", "top_p", "stop", "seed"):
-            value = getattr(request, key)
-            if value is not None:
-                body[key] = value
-        if request.logprobs:
-            body["logprobs"] = True
+        if request.sent is not None:
+            # The client's fields go upstream as sent (max_completion_tokens, user, n, tools …).
+            body: dict[str, Any] = {**request.sent, "model": self.upstream_model, "messages": request.messages}
+        else:
+            body = {**request.extra, "model": self.upstream_model, "messages": request.messages}
+            for key in ("max_tokens", "temperature", "top_p", "stop", "seed"):
+                value = getattr(request, key)
+                if value is not None:
+                    body[key] = value
+            if request.logprobs:
+                body["logprobs"] = True
         if stream:
+            # Usage is always asked for (it is what we meter); the client sees it only if it asked.
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        else:
+            body.pop("stream_options", None)
         return json.dumps(body).encode()
 
     async def complete(self, request: ChatRequest) -> Completion:
         try:
-            status, content, _ = await self.transport.post(self.url, self._body(request, stream=False),
-                                                        headers=self.headers)
+            status, content, headers = await self.transport.post(self.url, self._body(request, stream=False),
+                                                                 headers=self.headers)
         except BackendError as exc:
             raise _named(self.name, exc) from None
         if status >= 400:
-            raise _map_status(self.name, status, content)
+            raise map_status(self.name, status, content, headers, secrets=self._secrets())
         try:
-            return _parse_completion(json.loads(content))
+            return _parse_completion(_loads(content), passed_headers(headers))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise UpstreamError(f"model '{self.name}': malformed upstream response ({exc})") from None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         body = self._body(request, stream=True)
         try:
-            async with self.transport.stream(self.url, body, headers=self.headers) as (status, lines, _):
+            async with self.transport.stream(self.url, body, headers=self.headers) as (status, lines, headers):
                 if status >= 400:
-                    raise _map_status(self.name, status, b"".join([line async for line in lines]))
-                async for event in _parse_sse(self.name, lines):
+                    content = b"".join([line async for line in lines])
+                    raise map_status(self.name, status, content, headers, secrets=self._secrets())
+                kind = headers.get("content-type", "text/event-stream").split(";")[0].strip().lower()
+                if kind != "text/event-stream":
+                    raise UpstreamError(f"model '{self.name}': upstream answered a stream with {kind!r}, "
+                                        "not server-sent events")
+                async for event in parse_sse(self.name, lines):
                     yield event
+        except BackendError as exc:
+            raise _named(self.name, exc) from None
+
+    def _secrets(self) -> list[str]:
+        auth = self.headers.get("authorization", "")
+        return [auth.removeprefix("Bearer ")] if auth else []
+
+    def _forward_body(self, body: dict[str, Any], *, stream: bool) -> bytes:
+        out = {**body, "model": self.upstream_model}
+        if stream and self.kind == "openai_http":
+            out["stream"] = True
+        return json.dumps(out).encode()
+
+    async def forward(self, path: str, body: dict[str, Any]) -> Completion:
+        try:
+            status, content, headers = await self.transport.post(self.base_url + path,
+                                                                 self._forward_body(body, stream=False),
+                                                                 headers=self.headers)
+        except BackendError as exc:
+            raise _named(self.name, exc) from None
+        if status >= 400:
+            raise map_status(self.name, status, content, headers, secrets=self._secrets())
+        try:
+            data = _loads(content)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            usage = Usage.from_openai(data.get("usage")) if isinstance(data.get("usage"), dict) else Usage()
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UpstreamError(f"model '{self.name}': malformed upstream response ({exc})") from None
+        return Completion(text=None, usage=usage, raw=data, headers=passed_headers(headers))
+
+    async def forward_stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[Forwarded]:
+        data = self._forward_body(body, stream=True)
+        try:
+            async with self.transport.stream(self.base_url + path, data, headers=self.headers) as (
+                    status, lines, headers):
+                if status >= 400:
+                    content = b"".join([line async for line in lines])
+                    raise map_status(self.name, status, content, headers, secrets=self._secrets())
+                async for line in lines:
+                    yield Forwarded(line=line, usage=_line_usage(line))
         except BackendError as exc:
             raise _named(self.name, exc) from None
 
@@ -108,61 +168,179 @@ def _named(name: str, exc: BackendError) -> BackendError:
     return exc
 
 
-def _parse_completion(data: dict[str, Any]) -> Completion:
+def _line_usage(line: bytes) -> Usage | None:
+    """Usage in a forwarded SSE line: a completions chunk's ``usage`` or a Responses
+    ``response.completed`` event's ``response.usage``."""
+    if not line.startswith(b"data:") or b'"usage"' not in line:
+        return None
+    try:
+        data = _loads(line[5:].strip())
+        usage = data.get("usage") or (data.get("response") or {}).get("usage")
+        return Usage.from_openai(usage) if isinstance(usage, dict) else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(content: bytes) -> Any:
+    """JSON as the RFC has it: NaN and Infinity from an upstream are a broken response, not numbers."""
+    return json.loads(content, parse_constant=_reject_constant)
+
+
+PASSED_HEADERS = ("retry-after", "retry-after-ms")
+
+
+def passed_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The upstream headers a client should see: ``retry-after`` and ``x-ratelimit-*``."""
+    return {k: v for k, v in headers.items() if k in PASSED_HEADERS or k.startswith("x-ratelimit-")}
+
+
+def _parse_completion(data: Any, headers: dict[str, str]) -> Completion:
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
+        raise ValueError("no choices")
     choice = data["choices"][0]
-    message = choice.get("message") or {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise ValueError("choices[0].message is not an object")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ValueError("choices[0].message.content is not a string")
     extra = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
-    return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason") or "stop",
+    logprobs = choice.get("logprobs")
+    return Completion(text=content, finish_reason=choice.get("finish_reason") or "stop",
                       usage=Usage.from_openai(data.get("usage")), logprob=_logprob(choice),
-                      message_extra=extra)
+                      message_extra=extra, logprobs=logprobs if isinstance(logprobs, dict) else None,
+                      raw=data, headers=headers)
 
 
 def _logprob(choice: dict[str, Any]) -> float | None:
     content = (choice.get("logprobs") or {}).get("content")
-    if not content:
+    if not content or not isinstance(content, list):
         return None
-    return float(sum(item.get("logprob", 0.0) for item in content))
+    return float(sum(item.get("logprob", 0.0) for item in content if isinstance(item, dict)))
 
 
-async def _parse_sse(name: str, lines: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
-    finish: str | None = None
-    usage: Usage | None = None
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+async def parse_sse(name: str, lines: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
+    """Each upstream chunk as an event carrying it whole (``raw``), with what metering needs read out.
+
+    A line that is not server-sent events, a chunk that is not a chunk, or a stream that ends before
+    ``[DONE]`` or a finish reason is an upstream fault (502), never an empty answer recorded ok.
+    """
+    finished, done = False, False
     async for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if not line.startswith(_SSE_FIELDS):
+            raise UpstreamError(f"model '{name}': the upstream stream is not server-sent events")
         if not line.startswith(b"data:"):
             continue
         payload = line[5:].strip()
         if payload == b"[DONE]":
+            done = True
             break
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            raise UpstreamError(f"model '{name}': malformed stream chunk") from None
-        if chunk.get("usage"):
-            usage = Usage.from_openai(chunk["usage"])
-        for choice in chunk.get("choices") or []:
-            delta = (choice.get("delta") or {}).get("content") or ""
-            finish = choice.get("finish_reason") or finish
-            if delta:
-                yield StreamEvent(delta=delta)
-    yield StreamEvent(finish_reason=finish or "stop", usage=usage)
+        event = _chunk_event(name, payload)
+        finished = finished or event.finish_reason is not None
+        yield event
+    if not (done or finished):
+        raise UpstreamError(f"model '{name}': the upstream stream ended before it finished")
 
 
-def _upstream_message(content: bytes) -> tuple[str, str | None]:
+def _chunk_event(name: str, payload: bytes) -> StreamEvent:
     try:
-        error = json.loads(content).get("error") or {}
-        if isinstance(error, dict):
-            return str(error.get("message") or content[:200].decode(errors="replace")), error.get("param")
-        return str(error), None
+        chunk = _loads(payload)
+        if not isinstance(chunk, dict):
+            raise ValueError("not an object")
+        if "error" in chunk and "choices" not in chunk:
+            raise UpstreamError(f"model '{name}': upstream error mid-stream: {_error_text(chunk)}")
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise ValueError("choices is not a list")
+        usage = Usage.from_openai(chunk["usage"]) if chunk.get("usage") else None
+        text, finish, logprobs = "", None, None
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise ValueError("a choice is not an object")
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content") if isinstance(delta, dict) else None
+            text = content if isinstance(content, str) else ""
+            finish = choice.get("finish_reason") or None
+            logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
+    except UpstreamError:
+        raise
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UpstreamError(f"model '{name}': malformed stream chunk ({exc})") from None
+    return StreamEvent(raw=chunk, delta=text, finish_reason=finish, usage=usage, logprobs=logprobs)
+
+
+def _error_text(data: Any) -> str:
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or "")
+    return str(error or "")
+
+
+_SECRET = re.compile(r"(?i)(bearer\s+|api[_-]?key[\"'=:\s]+|\bsk-)[A-Za-z0-9._~+/=-]{6,}")
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Upstream text with keys taken out (an upstream that echoes ``Authorization`` must not leak it)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET.sub(lambda m: m.group(1) + "[redacted]", text)[:1000]
+
+
+def _upstream_error(content: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """``(message, param, type, code)`` from an upstream error body, whatever its shape."""
+    try:
+        error = _loads(content).get("error") or {}
     except (ValueError, AttributeError):
-        return content[:200].decode(errors="replace"), None
+        return content[:300].decode(errors="replace"), None, None, None
+    if not isinstance(error, dict):
+        return str(error)[:300], None, None, None
+    param, kind, code = (error.get(k) for k in ("param", "type", "code"))
+    return (str(error.get("message") or content[:300].decode(errors="replace")),
+            param if isinstance(param, str) else None, kind if isinstance(kind, str) else None,
+            code if isinstance(code, str) else None)
 
 
-def _map_status(name: str, status: int, content: bytes) -> BackendError:
-    message, param = _upstream_message(content)
-    text = f"model '{name}': upstream returned {status}: {message}"
+def _retry_after_s(headers: dict[str, str]) -> float | None:
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        if "retry-after" in headers:
+            return max(0.0, float(headers["retry-after"]))
+    except ValueError:
+        return None  # an HTTP date: rare from model servers; treated as no hint
+    return None
+
+
+def map_status(name: str, status: int, content: bytes, headers: dict[str, str], *,
+               secrets: list[str]) -> BackendError:
+    """An upstream error reply as wattwise's exception: its status, type, code and rate-limit headers
+    passed on; its text cleaned of control characters and anything that looks like a key."""
+    message, param, kind, code = _upstream_error(content)
+    text = redact(f"model '{name}': upstream returned {status}: {message}", secrets)
+    passed = passed_headers(headers)
+    retry_after = _retry_after_s(headers)
+    if status == 429:
+        return UpstreamRateLimited(text, param=param, headers=passed, retry_after_s=retry_after)
     if status >= 500:
-        return UpstreamError(text)
-    return UpstreamRejected(text, status=status, param=param)
+        return UpstreamError(text, headers=passed, retry_after_s=retry_after)
+    rejected = UpstreamRejected(text, status=status, param=param, code=code or "upstream_rejected",
+                                headers=passed)
+    if kind in ("invalid_request_error", "authentication_error", "permission_error", "not_found_error"):
+        rejected.error_type = kind
+    return rejected
 
 
 def from_config(name: str, spec: ModelConfig, context: BuildContext) -> OpenAIHTTPBackend:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent
+from wattwise.backends.base import Backend, ChatRequest, Completion, StreamEvent, refuse_n
 from wattwise.data import resolve
 from wattwise.exceptions import ConfigError, UnknownPrompt
 from wattwise.metering.usage import Usage
@@ -61,6 +61,7 @@ class ReplayBackend(Backend):
         self.source_model = source_model
 
     def _find(self, request: ChatRequest) -> Outcome:
+        refuse_n(request, self.name)
         found = self.index.lookup(request.last_user_text(), self.source_model)
         if found is None:
             found = self.index.lookup(request.prompt_text(), self.source_model)
@@ -84,7 +85,7 @@ class ReplayBackend(Backend):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         done = self._completion(self._find(request))
-        for piece in _PIECES.findall(done.text):
+        for piece in _PIECES.findall(done.text or ""):
             yield StreamEvent(delta=piece)
             await asyncio.sleep(0)
         yield StreamEvent(finish_reason="stop", usage=done.usage, cost_usd=done.cost_usd, score=done.score)

@@ -138,7 +138,7 @@ class MockTransport:
             raise _mapped(exc) from None
         if len(reply) == 2:
             return reply[0], reply[1], {}
-        return reply[0], reply[1], {k.lower(): v for k, v in reply[2].items()}  # type: ignore[misc]
+        return reply[0], reply[1], {k.lower(): v for k, v in reply[2].items()}
 
     async def post(self, url: str, body: bytes, *, headers: dict[str, str]) -> tuple[int, bytes, Headers]:
         await asyncio.sleep(0)

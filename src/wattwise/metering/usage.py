@@ -31,9 +31,19 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
-        """Read an OpenAI ``usage`` object, including cached and reasoning token details."""
+        """Read an OpenAI ``usage`` object, including cached and reasoning token details.
+
+        Both shapes: Chat Completions (``prompt_tokens`` …) and Responses (``input_tokens`` …).
+        """
         if not usage:
             return cls()
+        if "prompt_tokens" not in usage and "input_tokens" in usage:
+            prompt_details = usage.get("input_tokens_details") or {}
+            completion_details = usage.get("output_tokens_details") or {}
+            return cls(input_tokens=int(usage.get("input_tokens") or 0),
+                       cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
+                       output_tokens=int(usage.get("output_tokens") or 0),
+                       reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0))
         prompt_details = usage.get("prompt_tokens_details") or {}
         completion_details = usage.get("completion_tokens_details") or {}
         return cls(

@@ -175,6 +175,17 @@ async def test_429s_do_not_open_the_breaker() -> None:
     assert len(backend.calls) == 10  # later clients still reach the upstream and get its 429, not a 502
 
 
+async def test_a_429_retry_goes_to_a_sibling_replica() -> None:
+    clock = VirtualClock()
+    limited_one, fine = Failing(error=limited(0.5)), MockBackend(name="m", reply="from replica 1")
+    d = Dispatcher.from_replicas({"m": [(limited_one, 1.0), (fine, 1.0)]},
+                                 policies={"m": ModelPolicy(retries=1, backoff_s=0.0)}, breakers={}, clock=clock)
+    trail = Trail()
+    assert (await d.complete("m", REQ, trail=trail)).text == "from replica 1"
+    assert trail.replica == 1 and len(limited_one.calls) == 1
+    assert d.scheduler.pool("m").replicas[0].breaker.state == CLOSED
+
+
 async def test_stream_429_before_first_event_honours_retry_after() -> None:
     clock = VirtualClock()
     d = dispatcher(Failing(error=limited(1.5), failures=1), clock, retries=1, backoff_s=0.1)

@@ -22,13 +22,14 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 class CircuitBreaker:
     """Consecutive-failure breaker with a cool-down and a single half-open probe."""
 
-    __slots__ = ("consecutive", "cooldown_s", "failures", "opened_at", "state")
+    __slots__ = ("consecutive", "cooldown_s", "failures", "opened_at", "state", "strikes")
 
     def __init__(self, *, failures: int = 5, cooldown_s: float = 30.0) -> None:
         self.failures = failures
         self.cooldown_s = cooldown_s
         self.state = CLOSED
         self.consecutive = 0
+        self.strikes = 0  # failures and rate limits in a row: replica choice breaks ties away from them
         self.opened_at = 0.0
 
     def available(self, now: float) -> bool:
@@ -46,6 +47,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def rate_limited(self) -> None:
+        """The replica said 429: no mark against its health, but a retry had better go elsewhere."""
+        self.strikes += 1
+
     def abandon_probe(self) -> None:
         """The probe ended without a verdict: back to open, its cool-down already spent, so the next
         request probes. (Left half-open, the breaker would refuse every request for good.)"""
@@ -55,9 +60,11 @@ class CircuitBreaker:
     def success(self) -> None:
         self.state = CLOSED
         self.consecutive = 0
+        self.strikes = 0
 
     def failure(self, now: float) -> None:
         self.consecutive += 1
+        self.strikes += 1
         if self.state == HALF_OPEN or self.consecutive >= self.failures:
             self.state = OPEN
             self.opened_at = now

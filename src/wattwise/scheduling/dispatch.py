@@ -304,6 +304,8 @@ class Dispatcher:
                 ok = None
             else:
                 charged.append(lease.replica)
+        elif isinstance(exc, UpstreamRateLimited):
+            lease.replica.breaker.rate_limited()
         self.scheduler.release(lease, ok=ok)
 
 

@@ -3,7 +3,7 @@
 A replica counts what it has in flight: requests and *outstanding tokens* (prompt tokens plus the
 tokens still expected out, as estimated when the request was admitted). The default choice is the
 healthy replica, with a free slot, that has the least outstanding tokens per unit of weight (on a
-tie, the one with fewer failures in a row, so a retry goes elsewhere).
+tie, the one with fewer failures or 429s in a row, so a retry goes elsewhere).
 
 Usage::
 
@@ -83,8 +83,8 @@ class ReplicaPool:
                 continue
             key = (replica.outstanding if by_tokens else replica.in_flight) / replica.weight
             if best is None or key < best_key or (
-                    key == best_key and breaker.consecutive < best.breaker.consecutive):
-                best, best_key = replica, key  # on a tie, the replica that failed least recently
+                    key == best_key and breaker.strikes < best.breaker.strikes):
+                best, best_key = replica, key  # on a tie, the replica that failed (or said 429) least recently
         return best
 
     def _round_robin(self, now: float) -> Replica | None:

@@ -7,9 +7,12 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 from tests.upstream import UpstreamLog, upstream_app
 
+from wattwise.api.app import create_app
 from wattwise.backends.base import ChatRequest, Completion, StreamEvent
 from wattwise.backends.mock import MockBackend
 from wattwise.backends.transport import AiohttpTransport
@@ -23,11 +26,13 @@ from wattwise.exceptions import (
     UpstreamTimeout,
     WattwiseError,
 )
+from wattwise.gateway import Gateway
 from wattwise.inprocess import serve_in_thread
 from wattwise.scheduling.breaker import CLOSED, HALF_OPEN, OPEN
 from wattwise.scheduling.clock import VirtualClock
 from wattwise.scheduling.dispatch import Dispatcher, Trail, Unavailable
 from wattwise.scheduling.scheduler import ModelPolicy
+from wattwise.store.sql import open_store
 
 pytestmark = pytest.mark.anyio
 REQ = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=4)
@@ -291,6 +296,30 @@ async def test_caller_mistake_carries_no_retry_advice() -> None:
     with pytest.raises(UpstreamRejected) as caught:
         await d.complete("m", REQ)
     assert "x-should-retry" not in caught.value.headers
+
+
+@pytest.mark.parametrize("fail", [UpstreamError("model 'm': upstream returned 500: boom"), limited(0.0)])
+async def test_openai_sdk_retries_do_not_multiply_upstream_calls(tmp_path: Path, fail: BackendError) -> None:
+    config = parse_config(f'[store]\nurl = "sqlite:///{tmp_path / "t.db"}"\n\n'
+                          '[models.m]\nbackend = "mock"\nretries = 1\nretry_backoff_s = 0.0\n')
+    backend = MockBackend(name="m", fail=fail)
+    gateway = Gateway(config=config, backends={"m": backend}, store=open_store(config.store.url),
+                      dispatcher=build_dispatcher(config, {"m": backend}))
+    await gateway.start()
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)))
+    client = openai.AsyncOpenAI(api_key="k", base_url="http://w/v1", max_retries=2, http_client=http)
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        await http.aclose()
+        await gateway.stop()
+    assert len(backend.calls) == 2  # wattwise's one retry; the SDK's two retries did not happen
+    response = caught.value.response
+    assert response.headers["x-should-retry"] == "false"
+    if isinstance(fail, UpstreamRateLimited):
+        assert response.status_code == 429 and caught.value.type == "rate_limit_error"
+        assert response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
 # -- config --------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Simulator speed: simulated requests per wall-clock second on 24 h of ServeGen m-large.
 
 The stated scale: one tenth of m-large's traffic (``--scale 0.1``, about 2.4 million requests in 24 h)
-on ``examples/fleet-m-large.toml`` (eight Llama 3.1 70B replicas on 4×H100, sized for that tenth).
+on ``examples/fleet-m-large.toml`` (twelve Llama 3.1 70B replicas on 4×H100, sized for that tenth).
 Budget: the 24 h replay (trace generation included) in at most 60 s on a 2-core machine.
 
 Usage::

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NODE   := tests/conformance/node
 NSTAMP := $(NODE)/node_modules/.installed
 
-.PHONY: install install-node demo test lint typecheck unit bench lock clean
+.PHONY: install install-node demo test lint typecheck unit bench wrk lock clean
 
 install: $(STAMP)
 
@@ -39,9 +39,15 @@ unit: install install-node
 
 test: lint typecheck unit
 
-bench: install
+# The gateway benchmark drives load with wrk: installed from the system's packages when missing.
+bench: install wrk
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/router_latency.py
+
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (apt-get install wrk)"; \
+	  { apt-get install -y -q wrk || sudo apt-get install -y -q wrk; } >/dev/null 2>&1; } || \
+	  { echo "bench/gateway_overhead.py needs wrk: apt-get install wrk (Debian, Ubuntu) or brew install wrk (macOS)"; exit 1; }
 
 # Re-pin after editing requirements.in (needs uv, which is not part of the lock).
 lock:

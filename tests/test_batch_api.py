@@ -186,3 +186,48 @@ def test_request_errors_use_openai_bodies(server: tuple[openai.OpenAI, Gateway])
     response = httpx.post(str(client.base_url).removesuffix("/v1/") + "/v1/files", content=b"plain",
                           headers={"content-type": "text/plain"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "file"
+
+
+BAD_CREATES: list[tuple[dict[str, Any], str]] = [
+    ({"completion_window": []}, "completion_window"),
+    ({"completion_window": {"a": 1}}, "completion_window"),
+    ({"completion_window": None}, "completion_window"),
+    ({"endpoint": ["/v1/chat/completions"]}, "endpoint"),
+    ({"endpoint": "/v1/unknown"}, "endpoint"),
+    ({"input_file_id": 5}, "input_file_id"),
+    ({"input_file_id": None}, "input_file_id"),
+    ({"metadata": ["a"]}, "metadata"),
+    ({"metadata": {"k": 5}}, "metadata.k"),
+    ({"metadata": {"k": "v" * 513}}, "metadata.k"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"metadata": {"k": "\udc00"}}, "metadata.k"),
+]
+
+
+def test_batch_create_with_wrong_types_is_a_400(server: tuple[openai.OpenAI, Gateway]) -> None:
+    client, _ = server
+    base = str(client.base_url).removesuffix("/v1/")
+    upload = client.files.create(file=("x.jsonl", jsonl([line("a", "hi")])), purpose="batch")
+    for body, param in BAD_CREATES:
+        request = {"input_file_id": upload.id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **body}
+        response = httpx.post(base + "/v1/batches", content=json.dumps(request).encode(),
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"]["param"] == param, body
+    assert client.batches.list().data == []
+
+
+def test_unencodable_lines_go_to_the_error_file(server: tuple[openai.OpenAI, Gateway]) -> None:
+    client, _ = server
+    content = jsonl([line("ok", "hi"), line("lone", "\udc00"), line("nul\x00id", "hi"), line("nul-text", "a\x00b")])
+    content += b'{"custom_id": "raw", "method": "POST", "url": "/v1/chat/completions", ' \
+               b'"body": {"model": "cheap", "messages": [{"role": "user", "content": "\xed\xb0\x80"}]}}\n'
+    upload = client.files.create(file=("in.jsonl", content), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_status(client, batch.id, {"completed"})
+    assert sorted(o["custom_id"] for o in read_jsonl(client, done.output_file_id)) == ["nul-text", "ok"]
+    errors = {e["error"]["line"]: e["error"] for e in read_jsonl(client, done.error_file_id)}
+    assert sorted(errors) == [2, 3, 5]
+    assert errors[2]["param"] == "body.messages[0].content" and "surrogate" in errors[2]["message"]
+    assert errors[3]["param"] == "custom_id" and "NUL" in errors[3]["message"]
+    assert "not valid UTF-8" in errors[5]["message"]

@@ -42,7 +42,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
     from wattwise.api.app import create_app
     from wattwise.build import build_gateway
     from wattwise.config import default_config, load_config
-    from wattwise.inprocess import HEADER_TIMEOUT_S, header_deadline_protocol
+    from wattwise.inprocess import HEADER_TIMEOUT_S, GatewayServer, header_deadline_protocol
 
     try:
         config = load_config(config_path) if config_path else default_config()
@@ -51,9 +51,11 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
         fail(exc)
         return
     # Headers must arrive within 10 s (uvicorn has no such deadline); bodies within read_limited's.
-    uvicorn.run(create_app(gateway), host=host or config.server.host, port=port or config.server.port,
-                log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
-                http=header_deadline_protocol(HEADER_TIMEOUT_S))
+    settings = uvicorn.Config(create_app(gateway), host=host or config.server.host,
+                              port=port or config.server.port, log_level=log_level, access_log=False,
+                              timeout_graceful_shutdown=config.server.shutdown_grace_s,
+                              http=header_deadline_protocol(HEADER_TIMEOUT_S))
+    GatewayServer(settings, on_exit=gateway.begin_shutdown).run()
 
 
 def parse_since(text: str | None) -> float | None:

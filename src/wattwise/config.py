@@ -96,6 +96,9 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=10_000_000, ge=1)
+    # On SIGTERM, requests in flight get this long to finish; streams still running are then cut
+    # and recorded as ``shutdown`` (not as the client's doing).
+    shutdown_grace_s: int = Field(default=10, ge=0)
 
 
 class StoreConfig(_Strict):

@@ -20,8 +20,9 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -100,3 +101,21 @@ def serve_in_thread(app: ASGIApp, *, host: str = "127.0.0.1", startup_timeout_s:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, telling the gateway the moment a shutdown signal arrives: streams it cuts
+    after the grace period are then recorded as ``shutdown``, not as ``client_disconnected``.
+
+    Usage::
+
+        GatewayServer(uvicorn.Config(create_app(gateway)), on_exit=gateway.begin_shutdown).run()
+    """
+
+    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_exit()
+        super().handle_exit(sig, frame)

@@ -3,6 +3,7 @@ multipart parser, hostile ids and fields (always an OpenAI error body, never a 5
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 import time
@@ -285,3 +286,32 @@ async def test_the_runner_tick_purges_expired_files(tmp_path) -> None:  # type: 
     runner = BatchRunner(gateway=gateway, queue=queue, render=completion_body)
     await runner.tick()
     assert queue.get_file(stale.id) is None and queue.get_file(fresh.id) is not None
+
+
+@pytest.mark.anyio
+async def test_a_stalled_upload_is_a_408_and_leaves_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_for(f"sqlite:///{tmp_path}/s.db", files=FilesConfig(upload_idle_s=0.2))
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield form(("purpose", b"batch", None))[:-30]
+        await asyncio.sleep(2)
+        yield b"never read"
+
+    transport = httpx.ASGITransport(app=create_app(gateway))
+    async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+        response = await client.post("/v1/files", content=stalling(),
+                                     headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert response.status_code == 408 and response.json()["error"]["param"] == "file"
+    assert BatchStore(store=gateway.store).list_files(limit=10) == []
+
+
+def test_files_stored_before_chunking_still_read_back(store: TraceStore) -> None:
+    queue = BatchStore(store=store)
+    mark = "%s" if queue.postgresql else "?"
+    with queue._tx() as q:  # a row as migration 0002 wrote it: the bytes in batch_files.content
+        q.cursor.execute("INSERT INTO batch_files (id, purpose, filename, bytes, created_at, kind, content) "
+                         f"VALUES ({', '.join([mark] * 7)})", ("file-legacy", "batch", "old.jsonl", 3, 1.0,
+                                                               "upload", b"abc"))
+    assert queue.file_content("file-legacy") == b"abc"
+    assert queue.purge_expired(now=100.0, retention_s=50) == ["file-legacy"]
+    assert queue.get_file("file-legacy") is None

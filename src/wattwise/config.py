@@ -153,12 +153,14 @@ class FilesConfig(_Strict):
     A file is deleted ``retention_days`` after it was created (an upload's own ``expires_after``
     comes first); ``0`` keeps files until they are deleted. Output and error files count from the
     moment their batch finished. Uploads stream through a temporary file in ``spool_dir`` (the
-    system's temp dir when unset), so memory stays flat whatever their size.
+    system's temp dir when unset), so memory stays flat whatever their size; an upload that sends
+    nothing for ``upload_idle_s`` gets a 408.
     """
 
     retention_days: float = Field(default=30.0, ge=0)
     purge_interval_s: float = Field(default=300.0, gt=0)
     spool_dir: str | None = None
+    upload_idle_s: float = Field(default=30.0, gt=0)
 
     @property
     def retention_s(self) -> float | None:

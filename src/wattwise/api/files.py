@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from wattwise.api.body import RequestTimeout
 from wattwise.api.errors import error_response
 from wattwise.api.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_of
 from wattwise.batch import BatchRunner
@@ -133,7 +134,23 @@ class _Receiver:
             raise InvalidRequest(f"{name} is not valid UTF-8 text", param=name) from None
 
 
-async def receive_upload(request: Request, *, max_file_bytes: int, spool_dir: str | None) -> Upload:
+async def _arriving(request: Request, idle_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; :class:`RequestTimeout` (408) once none has come for ``idle_s`` (a large
+    upload may take long, but a stalled one must not hold its spool file and a task forever)."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(idle_s):
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(f"the upload stalled: nothing arrived for {idle_s:g} s", param="file") from None
+        yield chunk
+
+
+async def receive_upload(request: Request, *, max_file_bytes: int, spool_dir: str | None,
+                         idle_s: float = 30.0) -> Upload:
     """Parse a ``multipart/form-data`` upload as it arrives; the caller closes ``Upload.spool``."""
     limit = max_file_bytes + HEADROOM_BYTES
     declared = request.headers.get("content-length")
@@ -144,7 +161,7 @@ async def receive_upload(request: Request, *, max_file_bytes: int, spool_dir: st
     receiver = _Receiver(max_file_bytes=max_file_bytes, spool_dir=spool_dir)
     try:
         received = 0
-        async for chunk in request.stream():
+        async for chunk in _arriving(request, idle_s):
             received += len(chunk)
             if received > limit:
                 raise PayloadTooLarge(f"request body exceeds {limit} bytes (batch.max_file_bytes)", param="file")
@@ -189,7 +206,8 @@ async def create_file(request: Request) -> Response:
     runner = runner_of(request)
     files = runner.gateway.config.files
     try:
-        upload = await receive_upload(request, max_file_bytes=runner.config.max_file_bytes, spool_dir=files.spool_dir)
+        upload = await receive_upload(request, max_file_bytes=runner.config.max_file_bytes, spool_dir=files.spool_dir,
+                                      idle_s=files.upload_idle_s)
     except WattwiseError as exc:
         return error_response(exc)
     now = time.time()

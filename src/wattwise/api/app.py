@@ -8,7 +8,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,8 +21,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from wattwise.api.batch import BATCH_ROUTES
-from wattwise.api.body import read_limited
+from wattwise.api.body import read_json
 from wattwise.api.middleware import WattwiseHeaders
+from wattwise.api.openapi import openapi_json
 from wattwise.api.proxy import PROXY_ROUTES
 from wattwise.api.render import JSONBody, dumps, header_value, meter_body, meter_headers
 from wattwise.backends.base import StreamEvent
@@ -32,7 +32,7 @@ from wattwise.call import Call, ClientGone, Outcome
 from wattwise.exceptions import InternalError, InvalidRequest, ModelNotFound, NotFound, WattwiseError
 from wattwise.gateway import Gateway
 from wattwise.metrics import CONTENT_TYPE
-from wattwise.request import ChatBody, parse_chat_body
+from wattwise.request import ChatBody, chat_body
 from wattwise.store.batch import BatchStore
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,7 @@ def _tag(request: Request, body: ChatBody) -> str | None:
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     request_id: str = request.scope["state"]["request_id"]
-    raw = await read_limited(request, gateway.config.server.max_body_bytes)
-    body = parse_chat_body(raw, max_bytes=gateway.config.server.max_body_bytes)
+    body = chat_body(await read_json(request, gateway.config.server.max_body_bytes))
     call = gateway.call(body, request_id=request_id, tag=_tag(request, body))
     request.scope["state"]["call"] = call
     if body.stream:
@@ -239,11 +238,11 @@ async def metrics(request: Request) -> Response:
 async def feedback(request: Request) -> Response:
     """``POST /v1/wattwise/feedback {"request_id", "score"}``: a quality score for a served request."""
     gateway: Gateway = request.app.state.gateway
-    try:
-        data = json.loads(await read_limited(request, 65536))
-        request_id, score = data["request_id"], data["score"]
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise InvalidRequest(f"body needs request_id and score ({type(exc).__name__})", param="score") from None
+    data = await read_json(request, 65536, setting="feedback body limit")
+    if "request_id" not in data or "score" not in data:
+        missing = "request_id" if "request_id" not in data else "score"
+        raise InvalidRequest(f"'{missing}' is required", param=missing, code="missing_required_parameter")
+    request_id, score = data["request_id"], data["score"]
     if not isinstance(request_id, str) or not request_id or "\x00" in request_id or len(request_id) > 200:
         raise InvalidRequest("request_id must be a request id string", param="request_id")
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
@@ -310,6 +309,7 @@ def create_app(gateway: Gateway) -> WattwiseHeaders:
         Route("/v1/wattwise/feedback", feedback, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         *BATCH_ROUTES,
     ]
     handlers = {HTTPException: http_error, WattwiseError: wattwise_error, Exception: internal_error}

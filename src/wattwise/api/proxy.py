@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from wattwise.api.body import read_limited
+from wattwise.api.body import read_json
 from wattwise.api.render import JSONBody, meter_body, meter_headers
 from wattwise.backends.base import Backend, ChatRequest, Completion, Forwarded
 from wattwise.call import Call, ClientGone, Decision, Outcome
@@ -45,13 +45,7 @@ def _prompt_text(value: Any) -> str:
     return "" if value is None else json.dumps(value)
 
 
-def _parse(raw: bytes, gateway: Gateway, path: str) -> tuple[dict[str, Any], ChatBody]:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {type(exc).__name__}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+def _parse(data: dict[str, Any], gateway: Gateway, path: str) -> ChatBody:
     model, stream = data.get("model"), data.get("stream", False)
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' must be a non-empty string", param="model",
@@ -64,8 +58,7 @@ def _parse(raw: bytes, gateway: Gateway, path: str) -> tuple[dict[str, Any], Cha
     if ENDPOINTS[path] not in data:
         raise InvalidRequest(f"'{ENDPOINTS[path]}' is required", param=ENDPOINTS[path],
                              code="missing_required_parameter")
-    body = ChatBody.model_construct(model=model, stream=stream, messages=[])
-    return data, body
+    return ChatBody.model_construct(model=model, stream=stream, messages=[])
 
 
 def _call(gateway: Gateway, request: Request, body: ChatBody, data: dict[str, Any], path: str) -> Call:
@@ -90,8 +83,8 @@ def _metered(call: Call, done: Completion, started: float) -> Outcome:
 async def forward(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     path = request.url.path.removeprefix("/v1")
-    raw = await read_limited(request, gateway.config.server.max_body_bytes)
-    data, body = _parse(raw, gateway, path)
+    data = await read_json(request, gateway.config.server.max_body_bytes)
+    body = _parse(data, gateway, path)
     call = _call(gateway, request, body, data, path)
     if body.stream:
         return await _stream(call, path, data)

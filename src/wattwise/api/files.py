@@ -33,7 +33,7 @@ from wattwise.api.errors import error_response
 from wattwise.api.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_of
 from wattwise.batch import BatchRunner
 from wattwise.exceptions import InvalidRequest, NotFound, PayloadTooLarge, WattwiseError
-from wattwise.store.batch import CHUNK_BYTES, FileRow
+from wattwise.store.batch import CHUNK_BYTES, FileRow, plausible_id
 
 PURPOSES = ("batch",)
 FIELDS = ("purpose", "file", "expires_after[anchor]", "expires_after[seconds]")
@@ -270,7 +270,10 @@ def _list_query(request: Request) -> dict[str, Any]:
     order = params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("order must be 'asc' or 'desc'", param="order")
-    return {"limit": int(limit), "order": order, "after": params.get("after"), "purpose": params.get("purpose")}
+    purpose = params.get("purpose")
+    if purpose is not None and not plausible_id(purpose):  # a NUL would reach PostgreSQL's text type
+        raise InvalidRequest("purpose must be printable ASCII", param="purpose")
+    return {"limit": int(limit), "order": order, "after": params.get("after"), "purpose": purpose}
 
 
 async def delete_file(request: Request) -> Response:

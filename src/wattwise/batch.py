@@ -254,6 +254,7 @@ class BatchRunner:
         except WattwiseError as exc:  # valid when queued; a config change since can reject it
             return "failed", request_id, {"status_code": exc.status, "request_id": request_id, "body": exc.to_body()}
         call = self.gateway.call(body, request_id=request_id, tag=f"batch:{claim.batch_id}")
+        call.cancelled_as = ("cancelled", 499, "batch runner stopped")
         try:
             async with call:
                 outcome = await call.complete()

@@ -211,6 +211,9 @@ class Call:
         self.completions: dict[str, Completion] = {}
         self.closed = False
         self._error: WattwiseError | None = None
+        # How a cancellation is recorded: for an HTTP request the client went away; work the gateway
+        # started itself (a batch line) says who stopped it instead.
+        self.cancelled_as = ("client_disconnected", 499, "client disconnected")
         recorder.in_flight[body.wattwise.priority] += 1  # released in close(), once per call
 
     # -- the life ------------------------------------------------------------------------------
@@ -233,7 +236,8 @@ class Call:
         if self.closed:
             return self._error
         self.closed = True
-        status, http_status, error, mapped = _ending(exc, stopping=self.recorder.stopping)
+        status, http_status, error, mapped = _ending(exc, stopping=self.recorder.stopping,
+                                                     cancelled_as=self.cancelled_as)
         if mapped is not None and not isinstance(exc, WattwiseError):
             log.error("request %s failed", self.request_id, exc_info=exc)
         if self.outcome is not None and self.parts:
@@ -376,14 +380,15 @@ def replayed(done: Completion | None) -> list[StreamEvent]:
             StreamEvent(finish_reason=done.finish_reason)]
 
 
-def _ending(exc: BaseException | None, *, stopping: bool) -> tuple[str, int, str | None, WattwiseError | None]:
+def _ending(exc: BaseException | None, *, stopping: bool, cancelled_as: tuple[str, int, str]
+            ) -> tuple[str, int, str | None, WattwiseError | None]:
     """``(status, http_status, error, mapped)`` for the way a call ended."""
     if exc is None:
         return "ok", 200, None, None
     if isinstance(exc, asyncio.CancelledError | GeneratorExit | ClientGone):
         if stopping:
             return "shutdown", 503, "the server shut down mid-request", None
-        return "client_disconnected", 499, "client disconnected", None
+        return *cancelled_as, None
     if isinstance(exc, WattwiseError):
         return "error", exc.status, exc.message, exc
     mapped = InternalError(f"internal error ({type(exc).__name__}); the request id names it in the logs")

@@ -19,7 +19,9 @@ const tool = {
     },
   },
 };
-const ask = (tag, text = "Say something.") => [{ role: "user", content: `${args.marker}-${tag} ${text}` }];
+// A fixed prompt (args.prompt, for the local model) or a marked one the Python side can find upstream.
+const ask = (tag, text = "Say something.") =>
+  [{ role: "user", content: args.prompt ?? `${args.marker}-${tag} ${text}` }];
 const model = args.model ?? "fake";
 const limits = args.max_tokens ? { max_tokens: args.max_tokens, temperature: 0 } : {};
 

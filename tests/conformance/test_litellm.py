@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from tests.conformance.conftest import WEATHER_TOOL, Stack, expected_cost, import_client
 from tests.fake_openai import FINGERPRINT, REASONING, REPLY, tokenize
 
-
 # LiteLLM's own stream wrapper touches a deprecated pydantic attribute; that warning is LiteLLM's, not ours.
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:Accessing the 'model_(computed_)?fields' attribute:pydantic.warnings.PydanticDeprecatedSince211")
@@ -81,9 +80,10 @@ def test_tool_round_trip(litellm: Any, stack: Stack, marker: str, streamed: bool
         message = reply.choices[0].message
     [call] = message.tool_calls
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
-    messages += [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
-        {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}]
+    function = {"name": "get_weather", "arguments": call.function.arguments}
+    messages += [{"role": "assistant", "content": None, "tool_calls": [{"id": call.id, "type": "function",
+                                                                         "function": function}]},
+                 {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}]
     final = complete(litellm, stack, messages=messages, tools=[WEATHER_TOOL])
     assert final.choices[0].message.content == "The tool said: 18C and sunny"
     assert stack.log.chat(marker)["messages"][-1]["tool_call_id"] == call.id

@@ -62,7 +62,7 @@ def crash_table(stores: list[str], *, runs: int, requests: int, rate: float) -> 
                 schema, url = pg_schema_url() if store == "postgresql" else ("", f"sqlite:///{tmp}/traces.db")
                 try:
                     run = crash_run(store_url=url, workdir=Path(tmp), requests=requests, rate=rate,
-                                    kill_after_s=requests / rate / 2)
+                                    kill_at=requests // 2)
                 finally:
                     if schema:
                         drop_schema(schema)

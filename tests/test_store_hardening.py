@@ -268,3 +268,10 @@ def test_journal_directory_defaults() -> None:
     assert store_key("postgresql://u:secret@h/db") == "postgresql://u@h/db"
     assert StoreConfig().journal_dir is None and StoreConfig(journal_dir="").journal_dir == ""
     assert TraceWriter(store=TraceStore(url="sqlite://"), journal_dir=None).journal is None
+
+
+def test_unusable_journal_directory_is_a_store_error(store: TraceStore, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    writer = TraceWriter(store=store, journal_dir=str(tmp_path / "file"))
+    with pytest.raises(StoreError, match="cannot open the trace journal"):
+        writer.start()

@@ -69,7 +69,10 @@ class TraceWriter:
     def start(self) -> None:
         """Store what a dead process's journal holds, then start writing."""
         if self.journal is not None:
-            self.journal.open()
+            try:
+                self.journal.open()
+            except OSError as exc:
+                raise StoreError(f"cannot open the trace journal in {self.journal.directory}: {exc}") from exc
             self.recover()
         self._thread.start()
 

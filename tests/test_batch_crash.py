@@ -70,7 +70,7 @@ class Replica:
         self.log = log.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "wattwise.cli", "serve", "--config", str(config),
                                       "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=config.parent)
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -82,7 +82,8 @@ class Gateway:
                            profiles={name: profile_of(spec) for name, spec in config.models.items()
                                      if name in backends})
         self.writer = TraceWriter(store=store, batch_size=config.store.batch_size,
-                                  flush_interval_s=config.store.flush_interval_s)
+                                  flush_interval_s=config.store.flush_interval_s,
+                                  journal_dir=config.store.journal_dir, journal_fsync=config.store.journal_fsync)
         self.recorder = Recorder(writer=self.writer, metrics=self.metrics, store_content=config.store.store_content)
         self.started_at = time.time()
         self.health: HealthChecker | None = None

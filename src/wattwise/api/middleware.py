@@ -81,6 +81,8 @@ class WattwiseHeaders:
                 if b"x-wattwise-request-id" not in present:
                     headers.append((b"x-wattwise-request-id", rid))
                 headers.extend(h for h in DEFAULTS if h[0] not in present)
+                if message["status"] == 408 and b"connection" not in present:
+                    headers.append((b"connection", b"close"))  # the rest of the body never came: hang up
                 message["headers"] = headers
             await send(message)
 

@@ -23,10 +23,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wattwise.api.body import read_json
-from wattwise.api.errors import error_response
 from wattwise.api.files import FILE_ROUTES, run_db, runner_of
 from wattwise.batch import BatchRunner, parse_input
-from wattwise.exceptions import InvalidRequest, NotFound, WattwiseError
+from wattwise.exceptions import InvalidRequest, NotFound
 from wattwise.store.batch import WINDOWS_S, BatchRow
 
 ENDPOINTS = ("/v1/chat/completions",)
@@ -96,12 +95,9 @@ def _metadata(value: Any) -> dict[str, str] | None:
 
 async def create_batch(request: Request) -> Response:
     runner = runner_of(request)
-    try:
-        data = await read_json(request, MAX_BODY_BYTES, setting="a 1 MB cap on batch requests")
-        file_id, endpoint, window, metadata = _create_args(data)
-        lines = await _lines(runner, file_id, endpoint)
-    except WattwiseError as exc:
-        return error_response(exc)
+    data = await read_json(request, MAX_BODY_BYTES, setting="a 1 MB cap on batch requests")
+    file_id, endpoint, window, metadata = _create_args(data)
+    lines = await _lines(runner, file_id, endpoint)
     row = await run_db(partial(runner.queue.add_batch, input_file_id=file_id, endpoint=endpoint,
                                completion_window=window, metadata=metadata, lines=lines, now=time.time()))
     runner.wake()
@@ -130,7 +126,7 @@ async def retrieve_batch(request: Request) -> Response:
     runner = runner_of(request)
     row = await run_db(partial(runner.queue.get_batch, request.path_params["batch_id"]))
     if row is None:
-        return error_response(NotFound(f"no batch {request.path_params['batch_id']!r}", param="batch_id"))
+        raise NotFound(f"no batch {request.path_params['batch_id']!r}", param="batch_id")
     return await _batch_response(runner, row)
 
 
@@ -138,7 +134,7 @@ async def cancel_batch(request: Request) -> Response:
     runner = runner_of(request)
     row = await run_db(partial(runner.queue.cancel, request.path_params["batch_id"], now=time.time()))
     if row is None:
-        return error_response(NotFound(f"no batch {request.path_params['batch_id']!r}", param="batch_id"))
+        raise NotFound(f"no batch {request.path_params['batch_id']!r}", param="batch_id")
     runner.wake()
     return await _batch_response(runner, row)
 
@@ -148,7 +144,7 @@ async def list_batches(request: Request) -> Response:
     try:
         limit = min(max(int(request.query_params.get("limit", "20")), 1), 100)
     except ValueError:
-        return error_response(InvalidRequest("limit must be an integer", param="limit"))
+        raise InvalidRequest("limit must be an integer", param="limit") from None
     rows = await run_db(partial(runner.queue.list_batches, limit=limit + 1, after=request.query_params.get("after")))
     page = rows[:limit]
     data = [batch_object(row, await run_db(partial(runner.queue.counts, row.id))) for row in page]

@@ -29,10 +29,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from wattwise.api.body import RequestTimeout
-from wattwise.api.errors import error_response
 from wattwise.api.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_of
 from wattwise.batch import BatchRunner
-from wattwise.exceptions import InvalidRequest, NotFound, PayloadTooLarge, WattwiseError
+from wattwise.exceptions import InvalidRequest, NotFound, PayloadTooLarge
 from wattwise.store.batch import CHUNK_BYTES, FileRow, plausible_id
 
 PURPOSES = ("batch",)
@@ -205,11 +204,8 @@ def _expires_after(anchor: str | None, seconds: str | None) -> int | None:
 async def create_file(request: Request) -> Response:
     runner = runner_of(request)
     files = runner.gateway.config.files
-    try:
-        upload = await receive_upload(request, max_file_bytes=runner.config.max_file_bytes, spool_dir=files.spool_dir,
-                                      idle_s=files.upload_idle_s)
-    except WattwiseError as exc:
-        return error_response(exc)
+    upload = await receive_upload(request, max_file_bytes=runner.config.max_file_bytes, spool_dir=files.spool_dir,
+                                  idle_s=files.upload_idle_s)
     now = time.time()
     expires_at = None if upload.expires_after_s is None else now + upload.expires_after_s
     with upload.spool:
@@ -218,15 +214,15 @@ async def create_file(request: Request) -> Response:
     return JSONResponse(file_object(row, retention_s=files.retention_s))
 
 
-def _no_file(request: Request) -> Response:
-    return error_response(NotFound(f"no file {request.path_params['file_id']!r}", param="file_id"))
+def _no_file(request: Request) -> NotFound:
+    return NotFound(f"no file {request.path_params['file_id']!r}", param="file_id")
 
 
 async def retrieve_file(request: Request) -> Response:
     runner = runner_of(request)
     row = await run_db(partial(runner.queue.get_file, request.path_params["file_id"]))
     if row is None:
-        return _no_file(request)
+        raise _no_file(request)
     return JSONResponse(file_object(row, retention_s=runner.gateway.config.files.retention_s))
 
 
@@ -235,7 +231,7 @@ async def file_content(request: Request) -> Response:
     row = await run_db(partial(queue.get_file, request.path_params["file_id"]))
     chunks = await run_db(partial(queue.file_chunks, request.path_params["file_id"]))
     if row is None or chunks is None:
-        return _no_file(request)
+        raise _no_file(request)
     return StreamingResponse(_stream(chunks), media_type="application/jsonl",
                              headers={"content-length": str(row.bytes)})
 
@@ -248,10 +244,7 @@ async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 async def list_files(request: Request) -> Response:
     runner = runner_of(request)
-    try:
-        query = _list_query(request)
-    except WattwiseError as exc:
-        return error_response(exc)
+    query = _list_query(request)
     limit = query["limit"]
     rows = await run_db(partial(runner.queue.list_files, **{**query, "limit": limit + 1}))
     page = rows[:limit]
@@ -280,7 +273,7 @@ async def delete_file(request: Request) -> Response:
     """Delete a file; a batch made from it keeps running (its lines were queued when it was created)."""
     file_id = request.path_params["file_id"]
     if not await run_db(partial(runner_of(request).queue.delete_file, file_id)):
-        return _no_file(request)
+        raise _no_file(request)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 

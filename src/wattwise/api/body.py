@@ -26,9 +26,6 @@ from wattwise.exceptions import InvalidRequest, PayloadTooLarge, RequestError
 MAX_DEPTH = 64
 READ_TIMEOUT_S = 30.0
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -113,7 +110,7 @@ def decode_json(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         raise _too_deep(max_depth) from None
     except ValueError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if _deeper_than(raw, max_depth):
+    if _deeper_than(raw, data, max_depth):
         raise _too_deep(max_depth)
     # A lone surrogate can only come from a \uD800-\uDFFF escape (strict UTF-8 rejects encoded ones),
     # so the walk runs only when the raw bytes hold such an escape.
@@ -144,15 +141,16 @@ def _json_type(value: Any) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
-def _deeper_than(raw: bytes, max_depth: int) -> bool:
-    """Whether valid JSON ``raw`` nests more than ``max_depth`` arrays/objects; C-speed regex passes,
-    each removing the innermost ``[]``/``{}`` pairs once strings are blanked."""
+def _deeper_than(raw: bytes, data: Any, max_depth: int) -> bool:
+    """Whether ``data`` nests more than ``max_depth`` arrays/objects: skipped when ``raw`` holds fewer
+    brackets than that, else one list comprehension per level over the containers alone."""
     if raw.count(b"[") + raw.count(b"{") <= max_depth:
         return False
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    level = [data]
     for _ in range(max_depth):
-        brackets = _EMPTY_PAIR.sub(b"", brackets)
-        if not brackets:
+        level = [item for node in level for item in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(item, dict | list)]
+        if not level:
             return False
     return True
 

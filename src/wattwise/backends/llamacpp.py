@@ -85,7 +85,7 @@ class _Trace:
         if self.steps == 0:
             self.prompt_tokens = len(input_ids)
         self.steps += 1
-        self._logits = np.array(scores, dtype=np.float64)  # the samplers after us rewrite the buffer
+        self._logits = np.array(scores, dtype=np.float32)  # the samplers after us rewrite the buffer
         return scores
 
     def sampled(self, token: int) -> None:

@@ -10,7 +10,9 @@ In one run it measures, for each system in front of the same mock upstream (benc
 * wattwise's resident memory (the process and its children) sampled every 10,000 requests over
   100,000 requests on a fresh process, against the reading after the first 10,000 (warm-up).
 
-wattwise runs as ``wattwise serve`` with tracing on an SQLite store (content stored); LiteLLM's proxy
+wattwise runs as ``wattwise serve`` with tracing on an SQLite store (content stored) and its write-ahead
+trace journal on (as shipped), then once more with the journal off (``wattwise-nojournal``: the
+journal's cost is the difference between the two rows); LiteLLM's proxy
 runs from its own hash-pinned venv (bench/.venv-litellm, built on first use), one uvicorn worker, no
 database, spend logs and telemetry off. Usage::
 
@@ -311,6 +313,12 @@ def run_wattwise_legs(workdir: Path, mock: Server, plan: Plan, args: argparse.Na
         out["wattwise"] = measure_leg("wattwise", gateway, "mock", plan, [mock.pid, gateway.pid])
     finally:
         gateway.stop()
+    if args.journal_compare:
+        bare = start_wattwise(workdir, upstream_port=mock.port, tag="wattwise-nojournal", journal=False)
+        try:
+            out["wattwise-nojournal"] = measure_leg("wattwise-nojournal", bare, "mock", plan, [mock.pid, bare.pid])
+        finally:
+            bare.stop()
     if not args.skip_memory:
         log(f"wattwise: memory over {plan.memory_total:,} requests on a fresh process")
         out["memory"] = measure_memory(workdir, mock, plan)
@@ -362,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM's proxy out")
     parser.add_argument("--skip-wattwise", action="store_true", help="leave wattwise out (mock and peer only)")
     parser.add_argument("--skip-memory", action="store_true", help="leave the memory run out")
+    parser.add_argument("--no-journal-compare", dest="journal_compare", action="store_false",
+                        help="leave out the second wattwise leg with the trace journal off")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser.parse_args(argv)
 

@@ -19,7 +19,8 @@ ADDED_P99_TARGET_MS = 3.0
 MEMORY_TARGET_PCT = 5.0
 BUSY_IDLE_PCT = 90.0
 FOREIGN_CPU_PCT = 10.0
-SYSTEMS = ("direct", "wattwise", "litellm")
+# "wattwise-nojournal": the same gateway with the write-ahead trace journal off, to show its cost.
+SYSTEMS = ("direct", "wattwise", "wattwise-nojournal", "litellm")
 
 
 def _ms(seconds: float) -> float | None:

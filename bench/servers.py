@@ -186,13 +186,17 @@ def wattwise_command() -> list[str]:
     return [found]
 
 
-def start_wattwise(workdir: Path, *, upstream_port: int, tag: str = "wattwise") -> Server:
-    """Start ``wattwise serve`` with tracing on an SQLite store in ``workdir``."""
+def start_wattwise(workdir: Path, *, upstream_port: int, tag: str = "wattwise", journal: bool = True) -> Server:
+    """Start ``wattwise serve`` with tracing on an SQLite store in ``workdir`` (``journal``: the
+    write-ahead trace journal that keeps answered rows through a crash; on by default, as shipped)."""
     port = free_port()
     store = workdir / tag
     store.mkdir(exist_ok=True)
     config = store / "wattwise.toml"
-    config.write_text(WATTWISE_CONFIG.format(db=store / "traces.db", port=upstream_port))
+    text = WATTWISE_CONFIG.format(db=store / "traces.db", port=upstream_port)
+    if not journal:
+        text = text.replace("store_content = true\n", 'store_content = true\njournal_dir = ""\n')
+    config.write_text(text)
     cmd = [*wattwise_command(), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     return launch(tag, cmd, workdir=workdir, port=port, ready_path="/healthz", chat_path="/v1/chat/completions")
 

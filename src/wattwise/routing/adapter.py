@@ -22,8 +22,8 @@ from wattwise.routing import execute
 from wattwise.routing.router import Candidate, Router
 
 if TYPE_CHECKING:
-    from wattwise.request import ChatBody
     from wattwise.gateway import CallFn, Decision, Gateway
+    from wattwise.request import ChatBody
 
 MULTI = {"cascade": execute.run_cascade, "best_of_n": execute.run_best_of_n}
 

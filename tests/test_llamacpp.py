@@ -176,3 +176,15 @@ def test_unsupported_field_is_a_400_through_the_openai_client(served: tuple[str,
                                        tools=[WEATHER])  # type: ignore[list-item]
     assert caught.value.status_code == 400
     assert isinstance(caught.value.body, dict) and caught.value.body.get("param") == "tools"
+
+
+@pytest.mark.anyio
+async def test_logit_bias_steers_and_counts_stay_exact(backend: LlamaCppBackend) -> None:
+    plain = await backend.complete(ChatRequest(messages=MESSAGES, max_tokens=2, temperature=0, logprobs=True))
+    assert plain.logprobs is not None
+    first = plain.logprobs["content"][0]["token"]
+    token_id = backend._model().tokenize(first.encode(), add_bos=False, special=False)[0]
+    steered = await backend.complete(ChatRequest(messages=MESSAGES, max_tokens=2, temperature=0, logprobs=True,
+                                                 extra={"logit_bias": {str(token_id): -100}}))
+    assert steered.logprobs is not None and steered.logprobs["content"][0]["token"] != first
+    assert steered.usage.output_tokens == 2 and steered.usage.input_tokens == plain.usage.input_tokens

@@ -171,8 +171,14 @@ class LlamaCppBackend(Backend):
     def _kwargs(self, request: ChatRequest, plan: Plan, trace: _Trace) -> dict[str, Any]:
         from llama_cpp import LlamaGrammar, LogitsProcessorList
 
+        knobs = dict(plan.knobs)
+        processors: list[Any] = [trace]
+        if "logit_bias" in knobs:
+            # Ours, not llama.cpp's: given both, create_completion sets logits_processor to None
+            # (``list.extend`` returns None), which would drop the trace.
+            processors.append(_bias(knobs.pop("logit_bias")))
         kwargs: dict[str, Any] = {"messages": chat_messages(request.messages, plan.tools), "stream": True,
-                                  "logits_processor": LogitsProcessorList([trace]), **plan.knobs}
+                                  "logits_processor": LogitsProcessorList(processors), **knobs}
         if plan.grammar is not None:
             kwargs["grammar"] = LlamaGrammar.from_string(plan.grammar, verbose=False)
         for key in ("max_tokens", "temperature", "top_p", "stop", "seed"):
@@ -284,6 +290,19 @@ class LlamaCppBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.kind, "model_path": str(self.model_path)}
+
+
+def _bias(bias: dict[str, float]) -> Callable[[Any, Any], Any]:
+    """OpenAI's ``logit_bias`` as a logits processor, applied after the trace reads the model's logits."""
+    ids = np.array([int(k) for k in bias], dtype=np.intp)
+    values = np.array(list(bias.values()), dtype=np.float32)
+
+    def apply(input_ids: Any, scores: Any) -> Any:
+        keep = ids < len(scores)
+        scores[ids[keep]] += values[keep]
+        return scores
+
+    return apply
 
 
 def _logprobs(entries: list[dict[str, Any]], plan: Plan) -> dict[str, Any] | None:

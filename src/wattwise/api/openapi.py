@@ -7,7 +7,7 @@ error is OpenAI's error body. The fuzz stage (``tests/test_fuzz.py``) reads this
 Usage::
 
     Route("/openapi.json", openapi_json, methods=["GET"])
-    document = openapi_document()          # a dict; built once per process
+    document = openapi_document(models=("cheap", "dear"))   # a dict; built once per set of model names
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ ERROR = {
                        "code": {"type": ["string", "null"]}}}},
 }
 
-MODEL_ID = {"type": "string", "minLength": 1, "description": "A configured model name, or 'auto'/'auto:<policy>' "
-            "(chat completions only)."}
+
+
+def model_id(models: tuple[str, ...], *, auto: bool) -> dict[str, Any]:
+    """A model name: one of this gateway's (listed, so clients and the fuzzer find them) or any string."""
+    names = [*models, "auto"] if auto else list(models)
+    return {"anyOf": [{"enum": names}, {"type": "string", "minLength": 1}],
+            "description": "A configured model name" + (", or 'auto'/'auto:<policy>'." if auto else ".")}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -81,23 +86,42 @@ def _any_of(schema: Any) -> Any:
     return schema
 
 
-def _chat_schemas() -> dict[str, Any]:
+def _message_by_role(message: dict[str, Any]) -> dict[str, Any]:
+    """The message schema split by role, saying what ChatBody's validator checks: system, developer,
+    user and tool messages need (non-null) content, tool messages a tool_call_id."""
+    props = message["properties"]
+    content = props["content"]["anyOf"][0]  # the non-null branch
+
+    def variant(roles: list[str], *required: str) -> dict[str, Any]:
+        narrowed = {**props, "role": {"type": "string", "enum": roles}}
+        if "content" in required:
+            narrowed["content"] = content
+        if "tool_call_id" in required:
+            narrowed["tool_call_id"] = STR
+        return {**message, "properties": narrowed, "required": ["role", *required]}
+
+    return {"anyOf": [variant(["system", "developer", "user"], "content"), variant(["tool"], "content", "tool_call_id"),
+                      variant(["assistant", "function"])], "title": "Message"}
+
+
+def _chat_schemas(models: tuple[str, ...]) -> dict[str, Any]:
     schema = _any_of(ChatBody.model_json_schema(ref_template=REF, by_alias=True))
+    schema["properties"]["model"] = {**model_id(models, auto=True), "maxLength": 256}
     defs = schema.pop("$defs", {})
-    schema["description"] = ("OpenAI's chat completion request. Also checked: system, developer, user and tool "
-                             "messages need content, tool messages tool_call_id; stream_options needs stream; "
-                             "a tool_choice other than none/auto needs tools.")
+    defs["Message"] = _message_by_role(defs["Message"])
+    schema["description"] = ("OpenAI's chat completion request. Also checked: stream_options needs stream; a "
+                             "tool_choice other than none/auto needs tools.")
     return {**defs, "ChatCompletionRequest": schema}
 
 
-def _proxy_body(prompt_field: str, *, stream: bool) -> dict[str, Any]:
-    properties: dict[str, Any] = {"model": MODEL_ID, prompt_field: {}}
+def _proxy_body(models: tuple[str, ...], prompt_field: str, *, stream: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {"model": model_id(models, auto=False), prompt_field: {}}
     if stream:
         properties["stream"] = {"type": "boolean"}
     return _json(_object(["model", prompt_field], **properties))
 
 
-def _paths() -> dict[str, Any]:
+def _paths(models: tuple[str, ...]) -> dict[str, Any]:
     file_id, batch_id = _path_param("file_id"), _path_param("batch_id")
     limit = _query("limit", {"type": "integer", "minimum": 1, "maximum": 100})
     after = _query("after", STR)
@@ -117,14 +141,14 @@ def _paths() -> dict[str, Any]:
                                              "400", "404", "408", "413", "415", "422", "429",
                                              body=_json(_ref("ChatCompletionRequest")))},
         "/v1/embeddings": {"post": _op("Create embeddings (proxied)", _json(OBJ), "400", "404", "408", "413", "415",
-                                       "429", body=_proxy_body("input", stream=False))},
+                                       "429", body=_proxy_body(models, "input", stream=False))},
         "/v1/completions": {"post": _op("Create a text completion (proxied)", proxy_ok, "400", "404", "408", "413",
-                                        "415", "429", body=_proxy_body("prompt", stream=True))},
+                                        "415", "429", body=_proxy_body(models, "prompt", stream=True))},
         "/v1/responses": {"post": _op("Create a response (proxied)", proxy_ok, "400", "404", "408", "413", "415",
-                                      "429", body=_proxy_body("input", stream=True))},
+                                      "429", body=_proxy_body(models, "input", stream=True))},
         "/v1/models": {"get": _op("List models", _json(_ref("ModelList")))},
         "/v1/models/{model}": {"get": _op("Retrieve a model", _json(_ref("Model")), "404",
-                                          params=[_path_param("model")])},
+                                          params=[{**_path_param("model"), "schema": model_id(models, auto=True)}])},
         "/v1/files": {
             "post": _op("Upload a batch input file", _json(_ref("File")), "400", "413", body=upload),
             "get": _op("List files", _json(_ref("List")), "400",
@@ -156,7 +180,7 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def _components() -> dict[str, Any]:
+def _components(models: tuple[str, ...]) -> dict[str, Any]:
     model = _object(["id", "object", "created", "owned_by"], id=STR, object={"const": "model"},
                     created={"type": "integer"}, owned_by=STR)
     completion = _object(["id", "object", "created", "model", "choices"], id=STR,
@@ -169,12 +193,12 @@ def _components() -> dict[str, Any]:
     listing = _object(["object", "data"], object={"const": "list"}, data={"type": "array", "items": OBJ})
     return {"Error": ERROR, "Model": model, "ModelList": {**listing, "properties": {
         "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}},
-        "ChatCompletion": completion, "File": file, "Batch": batch, "List": listing, **_chat_schemas()}
+        "ChatCompletion": completion, "File": file, "Batch": batch, "List": listing, **_chat_schemas(models)}
 
 
 @functools.cache
-def openapi_document() -> dict[str, Any]:
-    """The whole document (built on first use, then cached: it depends on code only)."""
+def openapi_document(*, models: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The whole document for a gateway serving ``models`` (cached: it depends on code and them only)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -185,10 +209,10 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "wattwise", "version": release,
                  "description": "An OpenAI-compatible LLM gateway that routes, meters cost and energy, and records."},
-        "paths": _paths(),
-        "components": {"schemas": _components()},
+        "paths": _paths(models),
+        "components": {"schemas": _components(models)},
     }
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(openapi_document())
+    return JSONResponse(openapi_document(models=tuple(request.app.state.gateway.backends)))

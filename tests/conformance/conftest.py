@@ -8,6 +8,7 @@ A client that is not installed fails the suite under ``CI=true`` and is skipped,
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import shutil
@@ -56,6 +57,19 @@ def import_client(module: str, name: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         need_client(name, f"import {module} failed: {exc}")
+
+
+@pytest.fixture
+def own_event_loop() -> Iterator[None]:
+    """LiteLLM's sync path calls ``asyncio.get_event_loop()``, which makes a loop it never closes (its
+    socket pair then leaks into a later test's warnings): give it one we close."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def node_problem() -> str | None:

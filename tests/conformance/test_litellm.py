@@ -12,8 +12,9 @@ from tests.conformance.conftest import WEATHER_TOOL, Stack, expected_cost, impor
 from tests.fake_openai import FINGERPRINT, REASONING, REPLY, tokenize
 
 # LiteLLM's own stream wrapper touches a deprecated pydantic attribute; that warning is LiteLLM's, not ours.
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Accessing the 'model_(computed_)?fields' attribute:pydantic.warnings.PydanticDeprecatedSince211")
+pytestmark = [pytest.mark.filterwarnings(
+    r"ignore:Accessing the 'model_(computed_)?fields' attribute:pydantic.warnings.PydanticDeprecatedSince211"),
+    pytest.mark.usefixtures("own_event_loop")]
 
 
 class City(BaseModel):

@@ -89,6 +89,7 @@ def test_langchain(local: Local, reference: Any) -> None:
     assert model.invoke(PROMPT).content == reference.choices[0].message.content
 
 
+@pytest.mark.usefixtures("own_event_loop")
 def test_litellm(local: Local, reference: Any) -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     litellm = import_client("litellm", "litellm")

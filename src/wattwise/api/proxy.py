@@ -2,9 +2,10 @@
 
 The body goes upstream as the client sent it (``model`` replaced by the upstream's name); the
 answer comes back unchanged but for ``model``. Each request is a :class:`~wattwise.call.Call` like a
-chat request: dispatched with the model's retries and fallbacks (non-streamed), metered from the
-upstream's usage, and recorded. ``model`` must name a configured model (``auto`` routes chat only),
-and a backend that is not OpenAI-compatible HTTP answers 400 naming ``model``.
+chat request: dispatched with the model's replicas, retries and fallbacks (a stream is retried only
+before its first line), metered from the upstream's usage, and recorded. ``model`` must name a
+configured model (``auto`` routes chat only), and a backend that is not OpenAI-compatible HTTP answers
+400 naming ``model``.
 
 Usage::
 
@@ -103,8 +104,8 @@ async def forward(request: Request) -> Response:
 
 
 async def _stream(call: Call, path: str, data: dict[str, Any]) -> Response:
-    backend = call.dispatcher.scheduler.pool(call.body.model).replicas[0].backend
-    lines = backend.forward_stream(path, data)
+    lines = call.dispatcher.stream_with(call.body.model, call.request,
+                                        lambda backend: backend.forward_stream(path, data), priority=call.priority)
     try:
         first = await lines.__anext__()
     except StopAsyncIteration:

@@ -56,6 +56,7 @@ from wattwise.scheduling.queue import INTERACTIVE
 from wattwise.scheduling.scheduler import Lease, ModelPolicy, Scheduler, Ticket
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 class Unavailable(UpstreamError):
@@ -210,15 +211,22 @@ class Dispatcher:
         _, done = await self._attempts(model, request, priority, trail or Trail(), True, once)
         return done
 
-    async def stream(self, model: str, request: ChatRequest, *, priority: int = INTERACTIVE,
-                     trail: Trail | None = None) -> AsyncGenerator[StreamEvent, None]:
+    def stream(self, model: str, request: ChatRequest, *, priority: int = INTERACTIVE,
+               trail: Trail | None = None) -> AsyncGenerator[StreamEvent, None]:
         """Stream events; failures before the first event are retried and fall back like ``complete``.
 
         ``trail.model`` is set before the first event is yielded; the lease is held to the end.
         """
+        return self.stream_with(model, request, lambda backend: backend.stream(request), priority=priority,
+                                trail=trail)
 
-        async def open_first(backend: Backend) -> tuple[AsyncIterator[StreamEvent], StreamEvent | None]:
-            events = backend.stream(request)
+    async def stream_with(self, model: str, request: ChatRequest, open_stream: Callable[[Backend], AsyncIterator[S]],
+                          *, priority: int = INTERACTIVE, trail: Trail | None = None) -> AsyncGenerator[S, None]:
+        """Any stream (``open_stream(backend)``: chat events, or a forwarded endpoint's lines) with the
+        same leases, retries before the first item, fallback and breaker accounting as ``stream``."""
+
+        async def open_first(backend: Backend) -> tuple[AsyncIterator[S], S | None]:
+            events = open_stream(backend)
             try:
                 return events, await events.__anext__()
             except StopAsyncIteration:

@@ -32,10 +32,10 @@ from typing import Any
 
 import anyio
 
-from wattwise.api.body import decode_json
-from wattwise.api.middleware import new_request_id
+from wattwise.call import new_request_id
 from wattwise.exceptions import WattwiseError
 from wattwise.gateway import Call, Gateway, Outcome
+from wattwise.jsontext import decode_json
 from wattwise.request import ChatBody, parse_chat_body
 from wattwise.store.batch import BatchStore, Claim, NewLine
 

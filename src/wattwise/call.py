@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -187,6 +188,11 @@ def trace_record(call: Call, outcome: Outcome | None, *, store_content: bool, la
 
 
 Decide = Callable[[ChatBody, str], Decision]
+
+
+def new_request_id() -> str:
+    """A random request id, for work that starts outside an HTTP request (batch lines)."""
+    return "req_" + secrets.token_hex(16)
 
 
 class Call:

@@ -12,7 +12,9 @@ OpenAI's error body with the right status::
     │   ├── InvalidRequest        400, a bad field
     │   ├── ModelNotFound         404, unknown model
     │   ├── NotFound              404, no such file or batch
+    │   ├── RequestTimeout        408, the body did not arrive in time
     │   ├── PayloadTooLarge       413, body over the limit
+    │   ├── UnsupportedMediaType  415, a JSON endpoint sent another content type
     │   └── Unprocessable         422, well-formed but cannot be served
     └── BackendError              the upstream failed (5xx, or its own 4xx passed on)
         ├── UpstreamError         502, upstream 5xx or broken response
@@ -119,6 +121,20 @@ class ModelNotFound(RequestError):
 class NotFound(RequestError):
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(RequestError):
+    """408: the body did not arrive in time (a client sent less than its Content-Length, or stalled)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class UnsupportedMediaType(RequestError):
+    """415: a JSON endpoint got a body that is not declared as JSON."""
+
+    status = 415
+    code = "unsupported_media_type"
 
 
 class PayloadTooLarge(RequestError):

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
-from wattwise.api.body import decode_json
 from wattwise.exceptions import InvalidRequest, PayloadTooLarge
+from wattwise.jsontext import decode_json
 
 MAX_OUTPUT_TOKENS = 1 << 20  # above any model's output limit: a bigger value is a mistake, not a wish
 INT64 = 1 << 63

@@ -28,10 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from wattwise.api.body import RequestTimeout
 from wattwise.api.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_of
 from wattwise.batch import BatchRunner
-from wattwise.exceptions import InvalidRequest, NotFound, PayloadTooLarge
+from wattwise.exceptions import InvalidRequest, NotFound, PayloadTooLarge, RequestTimeout
 from wattwise.store.batch import CHUNK_BYTES, FileRow, plausible_id
 
 PURPOSES = ("batch",)

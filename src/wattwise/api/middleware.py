@@ -25,11 +25,6 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
 DEFAULTS = ((b"x-wattwise-model", b"none"), (b"x-wattwise-cost-usd", b"0"), (b"x-wattwise-energy-j", b"0"))
 
 
-def new_request_id() -> str:
-    """A random request id, for work that starts outside an HTTP request (batch lines)."""
-    return "req_" + secrets.token_hex(16)
-
-
 def id_factory() -> Callable[[], str]:
     """Request ids: a random per-process prefix and a counter (unique across replicas without a
     system call per request, unlike ``uuid4``)."""

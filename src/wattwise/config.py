@@ -99,6 +99,8 @@ class ServerConfig(_Strict):
     # On SIGTERM, requests in flight get this long to finish; streams still running are then cut
     # and recorded as ``shutdown`` (not as the client's doing).
     shutdown_grace_s: int = Field(default=10, ge=0)
+    # Browser origins allowed to call the API (CORS); a request with any other Origin gets a 403.
+    allowed_origins: list[str] = Field(default_factory=list)
 
 
 class StoreConfig(_Strict):
@@ -106,7 +108,9 @@ class StoreConfig(_Strict):
 
     ``journal_dir``: the write-ahead journal that keeps answered requests' rows through a crash
     (``None``: beside the SQLite file, or ``./wattwise-journal`` for PostgreSQL; ``""``: none);
-    ``journal_fsync``: also flush each journal line to disk (survives power loss, costs a disk flush).
+    ``journal_fsync``: also flush each journal line to disk (survives power loss, costs a disk flush);
+    ``hash_key_env``: the environment variable holding the secret that keys prompt hashes (HMAC), so a
+    stored hash cannot be matched against guessed prompts (unset: a random key for this process).
     """
 
     url: str = "sqlite:///wattwise.db"
@@ -115,6 +119,7 @@ class StoreConfig(_Strict):
     flush_interval_s: float = Field(default=0.2, gt=0)
     journal_dir: str | None = None
     journal_fsync: bool = False
+    hash_key_env: str = "WATTWISE_HASH_KEY"
 
     @field_validator("url")
     @classmethod

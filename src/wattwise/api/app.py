@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from wattwise.api.batch import BATCH_ROUTES
 from wattwise.api.body import read_json
-from wattwise.api.middleware import WattwiseHeaders
+from wattwise.api.middleware import OriginCheck, WattwiseHeaders
 from wattwise.api.openapi import openapi_json
 from wattwise.api.proxy import PROXY_ROUTES
 from wattwise.api.render import JSONBody, dumps, header_value, meter_body, meter_headers
@@ -316,4 +316,4 @@ def create_app(gateway: Gateway) -> WattwiseHeaders:
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.gateway = gateway
     app.state.batch_runner = runner
-    return WattwiseHeaders(app)
+    return WattwiseHeaders(OriginCheck(app, allowed=gateway.config.server.allowed_origins))

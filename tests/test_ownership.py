@@ -3,6 +3,8 @@ batches, files and feedback visible only to the key that made them."""
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import pytest
 from tests.conftest import make_config
@@ -24,7 +26,7 @@ def test_request_ids_carry_128_random_bits() -> None:
     assert all(i.startswith("req_") and len(i) == 36 for i in ids)
     int(ids[0][4:], 16)  # hex
     # Two consecutive ids share no prefix beyond chance: nothing to count forward from.
-    shared = [len(_common_prefix(a, b)) - 4 for a, b in zip(ids, ids[1:], strict=False)]
+    shared = [len(_common_prefix(a, b)) - 4 for a, b in itertools.pairwise(ids)]
     assert max(shared) < 8 and sum(shared) / len(shared) < 0.2
     other = id_factory()
     assert other()[:12] != new_id()[:12]

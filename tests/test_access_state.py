@@ -9,6 +9,8 @@ import pytest
 from wattwise.access.state import InProcessState, SharedState, open_state
 from wattwise.exceptions import ConfigError
 
+pytestmark = pytest.mark.anyio
+
 
 async def test_reserve_is_all_or_nothing_under_concurrency() -> None:
     state = InProcessState()

@@ -94,3 +94,31 @@ async def test_allowed_origin_gets_cors_and_preflight(store: TraceStore) -> None
             assert form.status_code == 415  # JSON endpoints take JSON only: no "simple" form post
     finally:
         await gateway.stop()
+
+
+async def test_prompt_hash_is_keyed(store: TraceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import hmac
+
+    monkeypatch.setenv("WATTWISE_HASH_KEY", "s3cret")
+    gateway = _gateway(store)
+    await gateway.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://wattwise") as client:
+            response = await client.post("/v1/chat/completions", json={"model": "cheap", "messages": MSG})
+        gateway.writer.flush()
+        row = store.get(response.headers["x-wattwise-request-id"])
+        assert row is not None and row.prompt_hash is not None
+        prompt = gateway.backend_request(_body()).prompt_text()
+        assert row.prompt_hash == hmac.new(b"s3cret", prompt.encode(), hashlib.sha256).hexdigest()[:32]
+        assert row.prompt_hash != hashlib.sha256(prompt.encode()).hexdigest()[:32]
+        assert row.key_id is None and row.team is None  # no keys configured
+    finally:
+        await gateway.stop()
+
+
+def _body():  # type: ignore[no-untyped-def]
+    from wattwise.request import chat_body
+
+    return chat_body({"model": "cheap", "messages": MSG})

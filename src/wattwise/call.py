@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -133,10 +135,13 @@ class Meter:
 class Recorder:
     """In-flight counts, trace rows and metrics: the one place a request's end is written down."""
 
-    def __init__(self, *, writer: TraceWriter, metrics: Metrics, store_content: bool) -> None:
+    def __init__(self, *, writer: TraceWriter, metrics: Metrics, store_content: bool,
+                 hash_key: bytes | None = None) -> None:
         self.writer = writer
         self.metrics = metrics
         self.store_content = store_content
+        # Keys the prompt hashes; without a configured secret, a random one for this process.
+        self.hash_key = hash_key or secrets.token_bytes(32)
         # Requests in flight by priority; the batch runner fills only what interactive leaves.
         self.in_flight: dict[str, int] = {"interactive": 0, "batch": 0}
         # Set when the server begins to shut down: a stream cut then was not the client's doing.
@@ -147,7 +152,7 @@ class Recorder:
         outcome = call.outcome
         latency = time.perf_counter() - call.t0
         record = trace_record(call, outcome, store_content=self.store_content, latency_s=latency,
-                              status=status, http_status=http_status, error=error)
+                              status=status, http_status=http_status, error=error, hash_key=self.hash_key)
         self.writer.submit(record)
         self.metrics.observe(model=record.model or "none", status=status, usage=outcome.usage if outcome else None,
                              cost=record.cost_usd, energy=outcome.energy if outcome else None,
@@ -161,18 +166,36 @@ def _response_text(outcome: Outcome) -> str | None:
     return json.dumps({"tool_calls": tool_calls}, ensure_ascii=False) if tool_calls else outcome.text
 
 
+def hash_key_from_env(name: str) -> bytes | None:
+    """The prompt-hash secret from the environment variable ``name`` (None when unset or empty)."""
+    value = os.environ.get(name, "") if name else ""
+    return value.encode() if value else None
+
+
+def prompt_hash(prompt: str, key: bytes) -> str:
+    """The prompt's keyed hash (HMAC-SHA256, 128 bits in hex): equal prompts match under one key, but
+    a stored hash cannot be tested against guessed prompts without the key (a bare SHA-256 could).
+
+    >>> prompt_hash("hi", b"k") == prompt_hash("hi", b"k") != prompt_hash("hi", b"other")
+    True
+    """
+    return hmac.new(key, prompt.encode(errors="replace"), hashlib.sha256).hexdigest()[:32]
+
+
 def trace_record(call: Call, outcome: Outcome | None, *, store_content: bool, latency_s: float, status: str,
-                 http_status: int, error: str | None) -> TraceRecord:
+                 http_status: int, error: str | None, hash_key: bytes) -> TraceRecord:
     decision = outcome.decision if outcome else None
     usage = outcome.usage if outcome else None
+    principal = getattr(call, "principal", None)  # set by access control when keys are configured
     return TraceRecord(
         id=call.request_id, ts=call.ts, requested_model=call.body.model, tag=call.tag,
+        key_id=getattr(principal, "key_id", None), team=getattr(principal, "team", None),
         model=decision.model if decision else None,
         route_policy=decision.policy if decision else None,
         route_reason=decision.reason if decision else None, stream=call.body.stream,
         messages=json.dumps(call.request.messages, ensure_ascii=False) if store_content else None,
         response=_response_text(outcome) if (outcome and store_content) else None,
-        prompt_hash=hashlib.sha256(call.prompt.encode(errors="replace")).hexdigest()[:32],
+        prompt_hash=prompt_hash(call.prompt, hash_key),
         input_tokens=usage.input_tokens if usage else None,
         cached_input_tokens=usage.cached_input_tokens if usage else None,
         output_tokens=usage.output_tokens if usage else None,

@@ -18,7 +18,7 @@ import time
 from typing import Protocol
 
 from wattwise.backends.base import Backend, ChatRequest
-from wattwise.call import Answer, Call, CallFn, Decision, Meter, MultiCall, Outcome, Recorder
+from wattwise.call import Answer, Call, CallFn, Decision, Meter, MultiCall, Outcome, Recorder, hash_key_from_env
 from wattwise.config import Config, ModelConfig
 from wattwise.exceptions import ModelNotFound
 from wattwise.metering.energy import EnergyProfile
@@ -84,7 +84,8 @@ class Gateway:
         self.writer = TraceWriter(store=store, batch_size=config.store.batch_size,
                                   flush_interval_s=config.store.flush_interval_s,
                                   journal_dir=config.store.journal_dir, journal_fsync=config.store.journal_fsync)
-        self.recorder = Recorder(writer=self.writer, metrics=self.metrics, store_content=config.store.store_content)
+        self.recorder = Recorder(writer=self.writer, metrics=self.metrics, store_content=config.store.store_content,
+                                 hash_key=hash_key_from_env(config.store.hash_key_env))
         self.started_at = time.time()
         self.health: HealthChecker | None = None
 

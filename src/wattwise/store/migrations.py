@@ -89,10 +89,24 @@ def m0003_file_chunks(dialect: str) -> list[str]:
     ]
 
 
+def m0004_key_owners(dialect: str) -> list[str]:
+    """Who made what: the API key and team on each trace row (reports and metrics by key and team),
+    and the key that owns each batch and file (other keys get a 404)."""
+    t = _types(dialect)
+    return [
+        f"ALTER TABLE requests ADD COLUMN key_id {t['text']}",
+        f"ALTER TABLE requests ADD COLUMN team {t['text']}",
+        f"ALTER TABLE batch_files ADD COLUMN key_id {t['text']}",
+        f"ALTER TABLE batches ADD COLUMN key_id {t['text']}",
+        "CREATE INDEX requests_key_ts ON requests (key_id, ts)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_requests", m0001_requests),
     ("0002_batch", m0002_batch),
     ("0003_file_chunks", m0003_file_chunks),
+    ("0004_key_owners", m0004_key_owners),
 ]
 
 

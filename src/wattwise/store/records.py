@@ -58,6 +58,8 @@ class TraceRecord:
     error: str | None = None
     score: float | None = None
     calls: str | None = None
+    key_id: str | None = None  # the API key that made the request (None: no keys configured)
+    team: str | None = None
 
     def as_tuple(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in COLUMNS)
@@ -78,7 +80,8 @@ class TraceRecord:
         """
         error = f"trace row not storable ({note})" + (f"; request error: {self.error}" if self.error else "")
         return TraceRecord(id=self.id, ts=self.ts, requested_model=self.requested_model, model=self.model,
-                           tag=self.tag, stream=self.stream, status=self.status, http_status=self.http_status,
+                           tag=self.tag, key_id=self.key_id, team=self.team, stream=self.stream,
+                           status=self.status, http_status=self.http_status,
                            error=error).cleaned()
 
 

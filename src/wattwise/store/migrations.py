@@ -102,11 +102,37 @@ def m0004_key_owners(dialect: str) -> list[str]:
     ]
 
 
+def m0005_access(dialect: str) -> list[str]:
+    """Access control: API keys (a keyed hash, never the key), spend per governed request (its worst
+    case while it runs, the metered figure once it settles) and the audit log of admin actions."""
+    t = _types(dialect)
+    return [
+        f"""CREATE TABLE api_keys (
+            id {t['text']} PRIMARY KEY, name {t['text']} NOT NULL, hash {t['text']} NOT NULL UNIQUE,
+            prefix {t['text']} NOT NULL, team {t['text']}, settings {t['text']} NOT NULL,
+            created_at {t['real']} NOT NULL, expires_at {t['real']}, revoked_at {t['real']}
+        )""",
+        f"""CREATE TABLE spend (
+            request_id {t['text']} PRIMARY KEY, key_id {t['text']} NOT NULL, team {t['text']},
+            ts {t['real']} NOT NULL, state {t['text']} NOT NULL, usd {t['real']} NOT NULL, j {t['real']} NOT NULL,
+            j_unknown {t['bool']} NOT NULL
+        )""",
+        "CREATE INDEX spend_key_ts ON spend (key_id, ts)",
+        "CREATE INDEX spend_team_ts ON spend (team, ts)",
+        f"""CREATE TABLE audit_log (
+            id {t['text']} PRIMARY KEY, ts {t['real']} NOT NULL, actor {t['text']} NOT NULL,
+            action {t['text']} NOT NULL, key_id {t['text']}, detail {t['text']} NOT NULL
+        )""",
+        "CREATE INDEX audit_log_ts ON audit_log (ts)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_requests", m0001_requests),
     ("0002_batch", m0002_batch),
     ("0003_file_chunks", m0003_file_chunks),
     ("0004_key_owners", m0004_key_owners),
+    ("0005_access", m0005_access),
 ]
 
 

@@ -172,6 +172,60 @@ class FilesConfig(_Strict):
         return self.retention_days * 86400.0 if self.retention_days else None
 
 
+class AuthConfig(_Strict):
+    """Who may call the gateway (see docs/access.md).
+
+    ``mode``: ``"auto"`` (default) requires a key once any key exists or the master key is set, and
+    otherwise serves unauthenticated, which ``wattwise serve`` allows only on a loopback address;
+    ``"keys"`` always requires a key; ``"none"`` never does (an explicit choice, allowed anywhere).
+    ``master_key_env`` names the variable holding the master key (administers keys);
+    ``hash_secret_env`` the one holding the secret keys are hashed under (empty: the master key).
+    ``open_paths`` are served without a key; ``refresh_s`` is how often keys changed by another
+    process (``wattwise keys``) are read again.
+    """
+
+    mode: Literal["auto", "keys", "none"] = "auto"
+    master_key_env: str = "WATTWISE_MASTER_KEY"
+    hash_secret_env: str = ""
+    open_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/metrics"])
+    refresh_s: float = Field(default=5.0, gt=0)
+
+
+class StateConfig(_Strict):
+    """Where budget reservations and rate-limit windows live: ``""`` in this process, or ``redis://…``
+    shared by every replica. The store stays the durable record of spend."""
+
+    url: str = ""
+
+
+class TeamBudgetConfig(_Strict):
+    """A team's budgets: ``"AMOUNT/PERIOD"`` with a period of day, month or total."""
+
+    usd: str | None = None
+    j: str | None = None
+
+
+class BudgetsConfig(_Strict):
+    """How budgets are reserved and charged.
+
+    A request is reserved at its worst case before it runs: input tokens (bounded by the prompt's
+    UTF-8 bytes) × input price + output limit × output price, the same with the energy profile for
+    joules. ``default_output_tokens`` stands in for a request without an output limit.
+    ``auto_calls`` multiplies an ``auto`` request's worst case (cascades and best-of-N make several
+    calls; the dearest model the key may use is assumed). ``unknown_energy`` (``unknown_cost``): under
+    a joule (dollar) budget, a model with no energy profile (no price) is refused (``"refuse"``), or
+    served with its unknown part counted as zero (``"allow"``); a request whose metered energy turns
+    out unknown is charged its reservation under ``"refuse"``, zero under ``"allow"``. The response
+    says which in ``x-wattwise-budget-unknown-energy``.
+    """
+
+    default_output_tokens: int = Field(default=4096, ge=1)
+    auto_calls: int = Field(default=3, ge=1)
+    unknown_energy: Literal["refuse", "allow"] = "refuse"
+    unknown_cost: Literal["refuse", "allow"] = "refuse"
+    teams: dict[str, TeamBudgetConfig] = Field(default_factory=dict)
+
+
 class Config(_Strict):
     """The whole gateway configuration."""
 
@@ -180,6 +234,9 @@ class Config(_Strict):
     router: RouterConfig = RouterConfig()
     batch: BatchConfig = BatchConfig()
     files: FilesConfig = FilesConfig()
+    auth: AuthConfig = AuthConfig()
+    state: StateConfig = StateConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     models: dict[str, ModelConfig]
 
     @field_validator("models")

@@ -54,6 +54,35 @@ def pg_url() -> Iterator[str]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+REDIS_BASE = os.environ.get("WATTWISE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_BASE, socket_connect_timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A unique key prefix on the test Redis (``REDIS_BASE``); only keys under it are deleted after."""
+    need_service("Redis", redis_available())
+    import redis
+
+    prefix = "wattwise-test:" + uuid.uuid4().hex[:12] + ":"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_BASE)
+    try:
+        for key in client.scan_iter(match=prefix + "*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
     if request.param == "sqlite":

@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from wattwise.backends.base import ChatRequest, Completion, StreamEvent
 from wattwise.exceptions import InternalError, WattwiseError
@@ -45,6 +45,7 @@ from wattwise.store.records import TraceRecord
 from wattwise.store.writer import TraceWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,6 +279,19 @@ class Call:
     @property
     def priority(self) -> int:
         return PRIORITIES[self.body.wattwise.priority]
+
+    async def first(self, items: AsyncIterator[T]) -> T | None:
+        """A stream's first item (None when it is empty), taken before any byte is sent: a failure
+        here ends the call and is raised as the error the client should see (a plain status)."""
+        try:
+            return await items.__anext__()
+        except StopAsyncIteration:
+            return None
+        except BaseException as exc:
+            error = self.close(exc)
+            if error is None or error is exc:
+                raise
+            raise error from exc
 
     # -- routing and calls ---------------------------------------------------------------------
 

@@ -182,15 +182,7 @@ def _passed(outcome: Outcome) -> dict[str, str]:
 
 async def _stream(call: Call, body: ChatBody) -> Response:
     events = call.stream()
-    try:
-        first: StreamEvent | None = await events.__anext__()
-    except StopAsyncIteration:
-        first = None
-    except BaseException as exc:
-        error = call.close(exc)
-        if error is None or error is exc:
-            raise
-        raise error from exc
+    first = await call.first(events)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     sse = SSE(call, include_usage=include_usage)
     return StreamingResponse(sse_body(call, sse, first, events), media_type="text/event-stream",

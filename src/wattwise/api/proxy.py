@@ -106,15 +106,7 @@ async def forward(request: Request) -> Response:
 async def _stream(call: Call, path: str, data: dict[str, Any]) -> Response:
     lines = call.dispatcher.stream_with(call.body.model, call.request,
                                         lambda backend: backend.forward_stream(path, data), priority=call.priority)
-    try:
-        first = await lines.__anext__()
-    except StopAsyncIteration:
-        first = None
-    except BaseException as exc:
-        error = call.close(exc)
-        if error is None or error is exc:
-            raise
-        raise error from exc
+    first = await call.first(lines)
     return StreamingResponse(_relay(call, first, lines), media_type="text/event-stream",
                              headers={**meter_headers(call.request_id, call.outcome, pending=True),
                                       "cache-control": "no-cache"})

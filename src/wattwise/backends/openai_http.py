@@ -17,6 +17,7 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from wattwise.backends.base import Backend, ChatRequest, Completion, Forwarded, StreamEvent
@@ -74,34 +75,44 @@ class OpenAIHTTPBackend(Backend):
             body.pop("stream_options", None)
         return json.dumps(body).encode()
 
-    async def complete(self, request: ChatRequest) -> Completion:
+    async def _post(self, url: str, body: bytes) -> tuple[bytes, dict[str, str]]:
+        """POST and read the reply: its body and headers, or the upstream's error mapped."""
         try:
-            status, content, headers = await self.transport.post(self.url, self._body(request, stream=False),
-                                                                 headers=self.headers)
+            status, content, headers = await self.transport.post(url, body, headers=self.headers)
         except BackendError as exc:
             raise _named(self.name, exc) from None
         if status >= 400:
             raise map_status(self.name, status, content, headers, secrets=self._secrets())
+        return content, headers
+
+    @asynccontextmanager
+    async def _stream_lines(self, url: str, body: bytes) -> AsyncIterator[tuple[AsyncIterator[bytes], dict[str, str]]]:
+        """POST for a stream: its lines and headers, or the upstream's error mapped (the lines are
+        read inside the context; leaving it closes the connection)."""
+        try:
+            async with self.transport.stream(url, body, headers=self.headers) as (status, lines, headers):
+                if status >= 400:
+                    content = b"".join([line async for line in lines])
+                    raise map_status(self.name, status, content, headers, secrets=self._secrets())
+                yield lines, headers
+        except BackendError as exc:
+            raise _named(self.name, exc) from None
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        content, headers = await self._post(self.url, self._body(request, stream=False))
         try:
             return _parse_completion(_loads(content), passed_headers(headers))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise UpstreamError(f"model '{self.name}': malformed upstream response ({exc})") from None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        body = self._body(request, stream=True)
-        try:
-            async with self.transport.stream(self.url, body, headers=self.headers) as (status, lines, headers):
-                if status >= 400:
-                    content = b"".join([line async for line in lines])
-                    raise map_status(self.name, status, content, headers, secrets=self._secrets())
-                kind = headers.get("content-type", "text/event-stream").split(";")[0].strip().lower()
-                if kind != "text/event-stream":
-                    raise UpstreamError(f"model '{self.name}': upstream answered a stream with {kind!r}, "
-                                        "not server-sent events")
-                async for event in parse_sse(self.name, lines):
-                    yield event
-        except BackendError as exc:
-            raise _named(self.name, exc) from None
+        async with self._stream_lines(self.url, self._body(request, stream=True)) as (lines, headers):
+            kind = headers.get("content-type", "text/event-stream").split(";")[0].strip().lower()
+            if kind != "text/event-stream":
+                raise UpstreamError(f"model '{self.name}': upstream answered a stream with {kind!r}, "
+                                    "not server-sent events")
+            async for event in parse_sse(self.name, lines):
+                yield event
 
     def _secrets(self) -> list[str]:
         auth = self.headers.get("authorization", "")
@@ -114,14 +125,7 @@ class OpenAIHTTPBackend(Backend):
         return json.dumps(out).encode()
 
     async def forward(self, path: str, body: dict[str, Any]) -> Completion:
-        try:
-            status, content, headers = await self.transport.post(self.base_url + path,
-                                                                 self._forward_body(body, stream=False),
-                                                                 headers=self.headers)
-        except BackendError as exc:
-            raise _named(self.name, exc) from None
-        if status >= 400:
-            raise map_status(self.name, status, content, headers, secrets=self._secrets())
+        content, headers = await self._post(self.base_url + path, self._forward_body(body, stream=False))
         try:
             data = _loads(content)
             if not isinstance(data, dict):
@@ -132,17 +136,9 @@ class OpenAIHTTPBackend(Backend):
         return Completion(text=None, usage=usage, raw=data, headers=passed_headers(headers))
 
     async def forward_stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[Forwarded]:
-        data = self._forward_body(body, stream=True)
-        try:
-            async with self.transport.stream(self.base_url + path, data, headers=self.headers) as (
-                    status, lines, headers):
-                if status >= 400:
-                    content = b"".join([line async for line in lines])
-                    raise map_status(self.name, status, content, headers, secrets=self._secrets())
-                async for line in lines:
-                    yield Forwarded(line=line, usage=_line_usage(line))
-        except BackendError as exc:
-            raise _named(self.name, exc) from None
+        async with self._stream_lines(self.base_url + path, self._forward_body(body, stream=True)) as (lines, _):
+            async for line in lines:
+                yield Forwarded(line=line, usage=_line_usage(line))
 
     async def health(self) -> bool:
         """``GET {base_url}/models``: up when the server answers below 500."""

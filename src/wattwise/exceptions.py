@@ -10,12 +10,16 @@ OpenAI's error body with the right status::
     ├── InternalError             500, a bug: an exception nobody expected, mapped at the call's end
     ├── RequestError              the caller's mistake (4xx)
     │   ├── InvalidRequest        400, a bad field
+    │   ├── AuthenticationError   401, a missing, wrong, expired or revoked API key (never says which)
+    │   ├── PermissionDenied      403, the key may not do this (a model it may not use, admin routes)
     │   ├── ModelNotFound         404, unknown model
     │   ├── NotFound              404, no such file or batch
     │   ├── RequestTimeout        408, the body did not arrive in time
     │   ├── PayloadTooLarge       413, body over the limit
     │   ├── UnsupportedMediaType  415, a JSON endpoint sent another content type
-    │   └── Unprocessable         422, well-formed but cannot be served
+    │   ├── Unprocessable         422, well-formed but cannot be served
+    │   ├── QuotaExceeded         429, a $ or J budget would be exceeded (names it and its reset)
+    │   └── RateLimited           429, a key's requests or tokens per minute, with Retry-After
     └── BackendError              the upstream failed (5xx, or its own 4xx passed on)
         ├── UpstreamError         502, upstream 5xx or broken response
         ├── UpstreamTimeout       504
@@ -146,6 +150,45 @@ class Unprocessable(RequestError):
     status = 422
     code = "unprocessable"
 
+
+
+class AuthenticationError(RequestError):
+    """401: no key, or one that is not valid (the message never says whether a key exists)."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(RequestError):
+    """403: a valid key asked for what it may not do."""
+
+    status = 403
+    code = "permission_denied"
+
+
+class _Limited(RequestError):
+    """A 429 of wattwise's own, carrying the headers to send (``retry-after``, ``x-ratelimit-*``)."""
+
+    status = 429
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.headers = dict(headers or {})
+
+
+class QuotaExceeded(_Limited):
+    """429 ``insufficient_quota``: the request's worst case does not fit a budget."""
+
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class RateLimited(_Limited):
+    """429 ``rate_limit_exceeded``: a key's requests or tokens per minute are used up."""
+
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 class BackendError(WattwiseError):
     """The model backend failed.

@@ -152,7 +152,8 @@ class Recorder:
         self.in_flight[call.body.wattwise.priority] -= 1
         outcome = call.outcome
         latency = time.perf_counter() - call.t0
-        record = trace_record(call, outcome, store_content=self.store_content, latency_s=latency,
+        store_content = self.store_content if call.store_content is None else call.store_content
+        record = trace_record(call, outcome, store_content=store_content, latency_s=latency,
                               status=status, http_status=http_status, error=error, hash_key=self.hash_key)
         self.writer.submit(record)
         self.metrics.observe(model=record.model or "none", status=status, usage=outcome.usage if outcome else None,
@@ -244,6 +245,11 @@ class Call:
         # How a cancellation is recorded: for an HTTP request the client went away; work the gateway
         # started itself (a batch line) says who stopped it instead.
         self.cancelled_as = ("client_disconnected", 499, "client disconnected")
+        # Access control (wattwise.access) sets these: who the call is for, the per-key override of
+        # [store] store_content, and the callback that settles its budget reservation once it ends.
+        self.principal: Any = None
+        self.store_content: bool | None = None
+        self.on_close: Callable[[Call], None] | None = None
         recorder.in_flight[body.wattwise.priority] += 1  # released in close(), once per call
 
     # -- the life ------------------------------------------------------------------------------
@@ -274,6 +280,8 @@ class Call:
             self.outcome.text = "".join(self.parts)
         self._error = mapped
         self.recorder.record(self, status=status, http_status=http_status, error=error)
+        if self.on_close is not None:
+            self.on_close(self)
         return mapped
 
     @property

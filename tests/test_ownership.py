@@ -122,3 +122,113 @@ def _body():  # type: ignore[no-untyped-def]
     from wattwise.request import chat_body
 
     return chat_body({"model": "cheap", "messages": MSG})
+
+
+class _AsKey:
+    """Stands in for access control in these tests: the ``x-test-key`` header names the principal."""
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        key = dict(scope.get("headers", [])).get(b"x-test-key")
+        if scope["type"] == "http" and key:
+            scope.setdefault("state", {})["principal"] = _Principal(key.decode())
+        await self.app(scope, receive, send)  # type: ignore[operator]
+
+
+class _Principal:
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        self.team = None
+
+
+def _batch_line(custom_id: str) -> bytes:
+    import json
+
+    body = {"model": "cheap", "messages": [{"role": "user", "content": custom_id}]}
+    return (json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+                        "body": body}) + "\n").encode()
+
+
+async def test_files_batches_and_feedback_belong_to_their_key(store: TraceStore) -> None:
+    from wattwise.store.records import TraceRecord
+
+    gateway = _gateway(store)
+    await gateway.start()
+    try:
+        transport = httpx.ASGITransport(app=_AsKey(create_app(gateway)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://wattwise") as client:
+            a, b = {"x-test-key": "key_a"}, {"x-test-key": "key_b"}
+            up = await client.post("/v1/files", files={"file": ("in.jsonl", _batch_line("x"))},
+                                   data={"purpose": "batch"}, headers=a)
+            assert up.status_code == 200
+            file_id = up.json()["id"]
+            made = await client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                                                          "completion_window": "24h"}, headers=a)
+            assert made.status_code == 200
+            batch_id = made.json()["id"]
+            # Another key: every route answers as if the file and batch did not exist.
+            for method, path, kw in [
+                ("GET", f"/v1/files/{file_id}", {}), ("GET", f"/v1/files/{file_id}/content", {}),
+                ("DELETE", f"/v1/files/{file_id}", {}), ("GET", f"/v1/batches/{batch_id}", {}),
+                ("POST", f"/v1/batches/{batch_id}/cancel", {}),
+                ("POST", "/v1/batches", {"json": {"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                                                  "completion_window": "24h"}}),
+            ]:
+                response = await client.request(method, path, headers=b, **kw)
+                assert response.status_code == 404, (method, path, response.text)
+                assert response.json()["error"]["code"] == "not_found"
+            assert (await client.get("/v1/files", headers=b)).json()["data"] == []
+            assert (await client.get("/v1/batches", headers=b)).json()["data"] == []
+            # The owner sees them; so does a gateway without keys (no principal), as before.
+            assert [f["id"] for f in (await client.get("/v1/files", headers=a)).json()["data"]] == [file_id]
+            assert [x["id"] for x in (await client.get("/v1/batches", headers=a)).json()["data"]] == [batch_id]
+            assert (await client.get(f"/v1/files/{file_id}/content", headers=a)).content == _batch_line("x")
+            assert (await client.get(f"/v1/batches/{batch_id}")).status_code == 200
+            assert (await client.post(f"/v1/batches/{batch_id}/cancel", headers=a)).status_code == 200
+            assert (await client.delete(f"/v1/files/{file_id}", headers=a)).status_code == 200
+
+            store.insert([TraceRecord(id="req_of_a", ts=1.0, requested_model="cheap", key_id="key_a")])
+            stolen = await client.post("/v1/wattwise/feedback", json={"request_id": "req_of_a", "score": 0.0},
+                                       headers=b)
+            assert stolen.status_code == 404
+            assert store.get("req_of_a").score is None  # type: ignore[union-attr]
+            own = await client.post("/v1/wattwise/feedback", json={"request_id": "req_of_a", "score": 0.9},
+                                    headers=a)
+            assert own.status_code == 200
+            assert store.get("req_of_a").score == pytest.approx(0.9)  # type: ignore[union-attr]
+    finally:
+        await gateway.stop()
+
+
+def test_store_content_false_drops_batch_requests_and_answers(store: TraceStore) -> None:
+    import time
+
+    from wattwise.store.batch import BatchStore, NewLine
+
+    queue = BatchStore(store=store, keep_content=False)
+    now = time.time()
+    upload = queue.add_file(purpose="batch", filename="in.jsonl", content=b"{}", now=now, key_id="key_a")
+    batch = queue.add_batch(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+                            metadata=None, now=now, key_id="key_a",
+                            lines=[NewLine(line_no=i, custom_id=f"c{i}", body='{"secret": "prompt"}', model="cheap")
+                                   for i in range(2)])
+    first, second = queue.claim(owner="o", limit=2, lease_s=30, now=now)
+    assert queue.finish(first, owner="o", state="done", request_id="r1", response={"answer": "secret"}, now=now)
+
+    def lines() -> list[tuple[object, ...]]:
+        cur = store.conn.cursor()
+        cur.execute("SELECT line_no, body, response FROM batch_lines ORDER BY line_no")
+        return [tuple(r) for r in cur.fetchall()]
+
+    assert lines()[0][1] is None  # the request went with the line's finish
+    assert queue.finish(second, owner="o", state="done", request_id="r2", response={"answer": "two"}, now=now)
+    assert queue.finalize_ready(now=now) == [batch.id]
+    assert lines() == [(0, None, None), (1, None, None)]
+    done = queue.get_batch(batch.id, key_id="key_a")
+    assert done is not None and done.key_id == "key_a" and done.output_file_id is not None
+    output = queue.get_file(done.output_file_id, key_id="key_a")
+    assert output is not None and output.key_id == "key_a"  # results belong to the batch's key
+    assert queue.get_file(done.output_file_id, key_id="key_b") is None
+    assert b'"secret"' in (queue.file_content(done.output_file_id) or b"")  # the client's to download

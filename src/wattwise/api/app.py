@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from wattwise.api.batch import BATCH_ROUTES
 from wattwise.api.body import read_json
+from wattwise.api.files import owner_of
 from wattwise.api.middleware import OriginCheck, WattwiseHeaders
 from wattwise.api.openapi import openapi_json
 from wattwise.api.proxy import PROXY_ROUTES
@@ -239,10 +240,17 @@ async def feedback(request: Request) -> Response:
         raise InvalidRequest("request_id must be a request id string", param="request_id")
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
         raise InvalidRequest("score must be a number in 0..1", param="score")
-    store, writer = gateway.store, gateway.writer
+    store, writer, owner = gateway.store, gateway.writer, owner_of(request)
 
     def set_score() -> bool:
         # The row may still be on its way to the store: wait for the writer, off the event loop.
+        if owner is not None:  # with keys, only the key that made the request may score it
+            row = store.get(request_id)
+            if row is None:
+                writer.flush()
+                row = store.get(request_id)
+            if row is None or row.key_id != owner:
+                return False
         if store.set_score(request_id, float(score)):
             return True
         writer.flush()
@@ -280,7 +288,8 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 def create_app(gateway: Gateway) -> WattwiseHeaders:
     """The gateway's ASGI app; starts and stops ``gateway`` and its batch runner with the server's lifespan."""
-    runner = BatchRunner(gateway=gateway, queue=BatchStore(store=gateway.store), render=completion_body)
+    queue = BatchStore(store=gateway.store, keep_content=gateway.config.store.store_content)
+    runner = BatchRunner(gateway=gateway, queue=queue, render=completion_body)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wattwise.api.body import read_json
-from wattwise.api.files import FILE_ROUTES, run_db, runner_of
+from wattwise.api.files import FILE_ROUTES, owner_of, run_db, runner_of
 from wattwise.batch import BatchRunner, parse_input
 from wattwise.exceptions import InvalidRequest, NotFound
 from wattwise.store.batch import WINDOWS_S, BatchRow
@@ -97,16 +97,18 @@ async def create_batch(request: Request) -> Response:
     runner = runner_of(request)
     data = await read_json(request, MAX_BODY_BYTES, setting="a 1 MB cap on batch requests")
     file_id, endpoint, window, metadata = _create_args(data)
-    lines = await _lines(runner, file_id, endpoint)
+    owner = owner_of(request)
+    lines = await _lines(runner, file_id, endpoint, owner)
     row = await run_db(partial(runner.queue.add_batch, input_file_id=file_id, endpoint=endpoint,
-                               completion_window=window, metadata=metadata, lines=lines, now=time.time()))
+                               completion_window=window, metadata=metadata, lines=lines, now=time.time(),
+                               key_id=owner))
     runner.wake()
     return await _batch_response(runner, row)
 
 
-async def _lines(runner: BatchRunner, file_id: str, endpoint: str) -> list[Any]:
-    upload = await run_db(partial(runner.queue.get_file, file_id))
-    chunks = await run_db(partial(runner.queue.file_chunks, file_id))
+async def _lines(runner: BatchRunner, file_id: str, endpoint: str, owner: str | None) -> list[Any]:
+    upload = await run_db(partial(runner.queue.get_file, file_id, key_id=owner))
+    chunks = await run_db(partial(runner.queue.file_chunks, file_id, key_id=owner))
     if upload is None or chunks is None or upload.kind != "upload":
         raise NotFound(f"no input file {file_id!r}", param="input_file_id")
     gateway = runner.gateway
@@ -124,7 +126,7 @@ async def _lines(runner: BatchRunner, file_id: str, endpoint: str) -> list[Any]:
 
 async def retrieve_batch(request: Request) -> Response:
     runner = runner_of(request)
-    row = await run_db(partial(runner.queue.get_batch, request.path_params["batch_id"]))
+    row = await run_db(partial(runner.queue.get_batch, request.path_params["batch_id"], key_id=owner_of(request)))
     if row is None:
         raise NotFound(f"no batch {request.path_params['batch_id']!r}", param="batch_id")
     return await _batch_response(runner, row)
@@ -132,7 +134,8 @@ async def retrieve_batch(request: Request) -> Response:
 
 async def cancel_batch(request: Request) -> Response:
     runner = runner_of(request)
-    row = await run_db(partial(runner.queue.cancel, request.path_params["batch_id"], now=time.time()))
+    row = await run_db(partial(runner.queue.cancel, request.path_params["batch_id"], now=time.time(),
+                               key_id=owner_of(request)))
     if row is None:
         raise NotFound(f"no batch {request.path_params['batch_id']!r}", param="batch_id")
     runner.wake()
@@ -145,7 +148,8 @@ async def list_batches(request: Request) -> Response:
         limit = min(max(int(request.query_params.get("limit", "20")), 1), 100)
     except ValueError:
         raise InvalidRequest("limit must be an integer", param="limit") from None
-    rows = await run_db(partial(runner.queue.list_batches, limit=limit + 1, after=request.query_params.get("after")))
+    rows = await run_db(partial(runner.queue.list_batches, limit=limit + 1, after=request.query_params.get("after"),
+                                key_id=owner_of(request)))
     page = rows[:limit]
     data = [batch_object(row, await run_db(partial(runner.queue.counts, row.id))) for row in page]
     return JSONResponse({"object": "list", "data": data, "first_id": page[0].id if page else None,

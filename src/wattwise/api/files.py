@@ -45,6 +45,15 @@ def runner_of(request: Request) -> BatchRunner:
     return runner
 
 
+def owner_of(request: Request) -> str | None:
+    """The key whose files and batches this request may see and makes; None when no keys are
+    configured (then everything is everyone's, as before keys). Another key's file or batch is a 404,
+    the same answer as one that does not exist, so ids cannot be probed."""
+    principal = request.scope.get("state", {}).get("principal")
+    key_id = getattr(principal, "key_id", None)
+    return None if key_id is None else str(key_id)
+
+
 async def run_db(fn: Any) -> Any:
     return await anyio.to_thread.run_sync(fn)
 
@@ -209,7 +218,7 @@ async def create_file(request: Request) -> Response:
     expires_at = None if upload.expires_after_s is None else now + upload.expires_after_s
     with upload.spool:
         row = await run_db(partial(runner.queue.add_file, purpose=upload.purpose, filename=upload.filename,
-                                   content=upload.spool, now=now, expires_at=expires_at))
+                                   content=upload.spool, now=now, expires_at=expires_at, key_id=owner_of(request)))
     return JSONResponse(file_object(row, retention_s=files.retention_s))
 
 
@@ -219,7 +228,7 @@ def _no_file(request: Request) -> NotFound:
 
 async def retrieve_file(request: Request) -> Response:
     runner = runner_of(request)
-    row = await run_db(partial(runner.queue.get_file, request.path_params["file_id"]))
+    row = await run_db(partial(runner.queue.get_file, request.path_params["file_id"], key_id=owner_of(request)))
     if row is None:
         raise _no_file(request)
     return JSONResponse(file_object(row, retention_s=runner.gateway.config.files.retention_s))
@@ -227,8 +236,8 @@ async def retrieve_file(request: Request) -> Response:
 
 async def file_content(request: Request) -> Response:
     queue = runner_of(request).queue
-    row = await run_db(partial(queue.get_file, request.path_params["file_id"]))
-    chunks = await run_db(partial(queue.file_chunks, request.path_params["file_id"]))
+    row = await run_db(partial(queue.get_file, request.path_params["file_id"], key_id=owner_of(request)))
+    chunks = await run_db(partial(queue.file_chunks, request.path_params["file_id"], key_id=owner_of(request)))
     if row is None or chunks is None:
         raise _no_file(request)
     return StreamingResponse(_stream(chunks), media_type="application/jsonl",
@@ -245,7 +254,8 @@ async def list_files(request: Request) -> Response:
     runner = runner_of(request)
     query = _list_query(request)
     limit = query["limit"]
-    rows = await run_db(partial(runner.queue.list_files, **{**query, "limit": limit + 1}))
+    rows = await run_db(partial(runner.queue.list_files, **{**query, "limit": limit + 1},
+                                key_id=owner_of(request)))
     page = rows[:limit]
     retention_s = runner.gateway.config.files.retention_s
     return JSONResponse({"object": "list", "data": [file_object(row, retention_s=retention_s) for row in page],
@@ -271,7 +281,7 @@ def _list_query(request: Request) -> dict[str, Any]:
 async def delete_file(request: Request) -> Response:
     """Delete a file; a batch made from it keeps running (its lines were queued when it was created)."""
     file_id = request.path_params["file_id"]
-    if not await run_db(partial(runner_of(request).queue.delete_file, file_id)):
+    if not await run_db(partial(runner_of(request).queue.delete_file, file_id, key_id=owner_of(request))):
         raise _no_file(request)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 

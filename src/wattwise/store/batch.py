@@ -56,6 +56,7 @@ class FileRow:
     kind: str
     batch_id: str | None = None
     expires_at: float | None = None  # the file's own expiry; the retention period applies otherwise
+    key_id: str | None = None  # the API key that owns it (None: made with no keys configured)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +81,7 @@ class BatchRow:
     error_file_id: str | None = None
     metadata: str | None = None
     errors: str | None = None
+    key_id: str | None = None  # the API key that owns it (None: made with no keys configured)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,10 +148,17 @@ class BatchStore:
     """Files, batches and their lines over a :class:`TraceStore`'s connections (one per thread).
 
     Every method blocks on the database: call it from a worker thread in async code.
+
+    Ownership: a file or batch made with ``key_id`` belongs to that key. Readers given ``key_id`` see
+    only that key's rows (anything else is "no such file"); ``key_id=None`` (no keys configured) sees
+    all. ``keep_content=False`` (``[store] store_content = false``) keeps prompts and answers only as
+    long as the queue needs them: a line's request is dropped when the line finishes, its response
+    once the output file is written.
     """
 
-    def __init__(self, *, store: TraceStore) -> None:
+    def __init__(self, *, store: TraceStore, keep_content: bool = True) -> None:
         self.store = store
+        self.keep_content = keep_content
         self.postgresql = store.dialect == "postgresql"
         self._next_purge = 0.0
 
@@ -175,7 +184,7 @@ class BatchStore:
     # -- files -----------------------------------------------------------------------------------
 
     def add_file(self, *, purpose: str, filename: str, content: bytes | IO[bytes], now: float,
-                 expires_at: float | None = None) -> FileRow:
+                 expires_at: float | None = None, key_id: str | None = None) -> FileRow:
         """Store an upload; ``content`` may be an open file, read and written ``CHUNK_BYTES`` at a time."""
         stream = _chunks(content)
         with self._tx() as q:
@@ -184,15 +193,16 @@ class BatchStore:
                 q.run("INSERT INTO batch_file_chunks (file_id, seq, data) VALUES (?, ?, ?)", (file_id, seq, chunk))
                 size += len(chunk)
             row = FileRow(id=file_id, purpose=purpose, filename=filename, bytes=size, created_at=now,
-                          kind="upload", expires_at=expires_at)
+                          kind="upload", expires_at=expires_at, key_id=key_id)
             _insert_row(q, row)
         return row
 
-    def get_file(self, file_id: str) -> FileRow | None:
+    def get_file(self, file_id: str, *, key_id: str | None = None) -> FileRow | None:
         if not plausible_id(file_id):
             return None
-        row = self._query().run(f"SELECT {', '.join(FILE_COLUMNS)} FROM batch_files WHERE id = ?",
-                                (file_id,)).one()
+        mine, args = _owned(key_id)
+        row = self._query().run(f"SELECT {', '.join(FILE_COLUMNS)} FROM batch_files WHERE id = ?{mine}",
+                                (file_id, *args)).one()
         return _file(row) if row else None
 
     def file_content(self, file_id: str) -> bytes | None:
@@ -200,11 +210,13 @@ class BatchStore:
         chunks = self.file_chunks(file_id)
         return None if chunks is None else b"".join(chunks)
 
-    def file_chunks(self, file_id: str) -> Iterator[bytes] | None:
+    def file_chunks(self, file_id: str, *, key_id: str | None = None) -> Iterator[bytes] | None:
         """The file's bytes one stored chunk at a time (one query each), or None if there is no such file."""
         if not plausible_id(file_id):
             return None
-        row = self._query().run("SELECT length(content) FROM batch_files WHERE id = ?", (file_id,)).one()
+        mine, args = _owned(key_id)
+        row = self._query().run(f"SELECT length(content) FROM batch_files WHERE id = ?{mine}",
+                                (file_id, *args)).one()
         return None if row is None else self._read_chunks(file_id, legacy=bool(row[0]))
 
     def _read_chunks(self, file_id: str, *, legacy: bool) -> Iterator[bytes]:
@@ -219,7 +231,7 @@ class BatchStore:
             seq += 1
 
     def list_files(self, *, limit: int, after: str | None = None, order: str = "desc",
-                   purpose: str | None = None) -> list[FileRow]:
+                   purpose: str | None = None, key_id: str | None = None) -> list[FileRow]:
         """A page of files by ``created_at`` (``order`` ``asc`` or ``desc``), after the file ``after``."""
         if after is not None and not plausible_id(after):
             return []
@@ -231,19 +243,25 @@ class BatchStore:
         if purpose is not None:
             where.append("purpose = ?")
             args.append(purpose)
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
         sql = (f"SELECT {', '.join(FILE_COLUMNS)} FROM batch_files"
                + (" WHERE " + " AND ".join(where) if where else "")
                + f" ORDER BY created_at {direction}, id {direction} LIMIT ?")
         return [_file(row) for row in self._query().run(sql, (*args, limit)).all()]
 
-    def delete_file(self, file_id: str) -> bool:
+    def delete_file(self, file_id: str, *, key_id: str | None = None) -> bool:
         """Delete a file and its content; False if there was none. A batch made from it keeps running:
         its lines were copied into the queue when it was created."""
         if not plausible_id(file_id):
             return False
+        mine, args = _owned(key_id)
         with self._tx() as q:
+            if q.run(f"DELETE FROM batch_files WHERE id = ?{mine}", (file_id, *args)).rowcount != 1:
+                return False
             q.run("DELETE FROM batch_file_chunks WHERE file_id = ?", (file_id,))
-            return q.run("DELETE FROM batch_files WHERE id = ?", (file_id,)).rowcount == 1
+            return True
 
     def purge_expired(self, *, now: float, retention_s: float | None, every_s: float = 0.0) -> list[str]:
         """Delete files past their expiry (their own ``expires_at``, else ``created_at + retention_s``),
@@ -272,14 +290,15 @@ class BatchStore:
     # -- batches ---------------------------------------------------------------------------------
 
     def add_batch(self, *, input_file_id: str, endpoint: str, completion_window: str,
-                  metadata: dict[str, Any] | None, lines: Sequence[NewLine], now: float) -> BatchRow:
+                  metadata: dict[str, Any] | None, lines: Sequence[NewLine], now: float,
+                  key_id: str | None = None) -> BatchRow:
         """Queue a batch and all its lines in one transaction; invalid lines are failed at once."""
         errors = [{**line.error, "line": line.line_no} for line in lines if line.error][:1000]
         batch = BatchRow(id="batch_" + uuid.uuid4().hex, input_file_id=input_file_id, endpoint=endpoint,
                          completion_window=completion_window, status="in_progress", created_at=now,
                          expires_at=now + WINDOWS_S[completion_window], in_progress_at=now,
                          metadata=json.dumps(metadata) if metadata else None,
-                         errors=json.dumps({"object": "list", "data": errors}) if errors else None)
+                         errors=json.dumps({"object": "list", "data": errors}) if errors else None, key_id=key_id)
         rows = [(batch.id, line.line_no, line.custom_id, line.model, line.body,
                  "failed" if line.error else "pending",
                  json.dumps(line.error) if line.error else None, now if line.error else None)
@@ -292,20 +311,29 @@ class BatchStore:
                    "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return batch
 
-    def get_batch(self, batch_id: str) -> BatchRow | None:
+    def get_batch(self, batch_id: str, *, key_id: str | None = None) -> BatchRow | None:
         if not plausible_id(batch_id):
             return None
-        row = self._query().run(f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches WHERE id = ?",
-                                (batch_id,)).one()
+        mine, args = _owned(key_id)
+        row = self._query().run(f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches WHERE id = ?{mine}",
+                                (batch_id, *args)).one()
         return _batch(row) if row else None
 
-    def list_batches(self, *, limit: int, after: str | None = None) -> list[BatchRow]:
+    def list_batches(self, *, limit: int, after: str | None = None, key_id: str | None = None) -> list[BatchRow]:
         """Newest first; ``after`` is the id of the last batch of the previous page."""
         if after is not None and not plausible_id(after):
             return []
-        where = " WHERE (created_at, id) < (SELECT created_at, id FROM batches WHERE id = ?)" if after else ""
-        sql = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches{where} ORDER BY created_at DESC, id DESC LIMIT ?"
-        return [_batch(row) for row in self._query().run(sql, ((after,) if after else ()) + (limit,)).all()]
+        where: list[str] = []
+        args: list[Any] = []
+        if after:
+            where.append("(created_at, id) < (SELECT created_at, id FROM batches WHERE id = ?)")
+            args.append(after)
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
+        sql = (f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY created_at DESC, id DESC LIMIT ?")
+        return [_batch(row) for row in self._query().run(sql, (*args, limit)).all()]
 
     def counts(self, batch_id: str) -> dict[str, int]:
         """Lines by state: ``{"pending": 3, "running": 1, "done": 10, ...}``."""
@@ -313,9 +341,9 @@ class BatchStore:
                                  (batch_id,)).all()
         return {state: int(n) for state, n in rows}
 
-    def cancel(self, batch_id: str, *, now: float) -> BatchRow | None:
+    def cancel(self, batch_id: str, *, now: float, key_id: str | None = None) -> BatchRow | None:
         """Stop a batch: pending lines are cancelled now, running ones may finish. Idempotent."""
-        if not plausible_id(batch_id):
+        if self.get_batch(batch_id, key_id=key_id) is None:
             return None
         with self._tx() as q:
             moved = q.run("UPDATE batches SET status = 'cancelling', cancelling_at = ? "
@@ -352,9 +380,10 @@ class BatchStore:
     def finish(self, claim: Claim, *, owner: str, state: str, request_id: str | None, now: float,
                response: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> bool:
         """Record a line's result and its final state in one statement; False if the claim was lost."""
+        body = "" if self.keep_content else "body = NULL, "
         with self._tx() as q:
             return q.run(
-                "UPDATE batch_lines SET state = ?, response = ?, error = ?, request_id = ?, finished_at = ?, "
+                f"UPDATE batch_lines SET {body}state = ?, response = ?, error = ?, request_id = ?, finished_at = ?, "
                 "lease_until = NULL WHERE batch_id = ? AND line_no = ? AND owner = ? AND attempts = ? "
                 "AND state = 'running'",
                 (state, json.dumps(response) if response is not None else None,
@@ -382,7 +411,7 @@ class BatchStore:
             # A running line's late result is then fenced out by finish(): its state is no longer running.
             q.run("UPDATE batch_lines SET state = 'expired', error = ?, finished_at = ? "
                   "WHERE batch_id = ? AND state IN ('pending', 'running')", (json.dumps(EXPIRED), now, batch_id))
-            _attach_files(q, batch_id, now)
+            _attach_files(q, batch_id, now, keep_content=self.keep_content)
         return True
 
     def finalize_ready(self, *, now: float) -> list[str]:
@@ -401,7 +430,7 @@ class BatchStore:
                          "WHERE l.batch_id = ? AND l.state IN ('pending', 'running'))",
                          (final, now, now, batch_id, status, batch_id)).rowcount:
                 return False
-            _attach_files(q, batch_id, now)
+            _attach_files(q, batch_id, now, keep_content=self.keep_content)
         return True
 
 
@@ -442,8 +471,15 @@ def result_line(batch_id: str, line_no: int, custom_id: str | None, response: st
             "response": json.loads(response) if response is not None else None, "error": err}
 
 
-def _attach_files(q: _Query, batch_id: str, now: float) -> None:
-    """Write the output file (done lines) and the error file (the rest), in input order."""
+def _owned(key_id: str | None) -> tuple[str, tuple[str, ...]]:
+    """The SQL condition (and its argument) that limits a query to ``key_id``'s rows; none for None."""
+    return ("", ()) if key_id is None else (" AND key_id = ?", (key_id,))
+
+
+def _attach_files(q: _Query, batch_id: str, now: float, *, keep_content: bool) -> None:
+    """Write the output file (done lines) and the error file (the rest), in input order; both belong
+    to the batch's key. Without ``keep_content`` the lines' copies of requests and answers go."""
+    (key_id,) = q.run("SELECT key_id FROM batches WHERE id = ?", (batch_id,)).one()
     rows = q.run("SELECT line_no, custom_id, state, response, error FROM batch_lines WHERE batch_id = ? "
                  "ORDER BY line_no", (batch_id,)).all()
     files = {"output": [r for r in rows if r[2] == "done"], "error": [r for r in rows if r[2] in ERROR_STATES]}
@@ -454,6 +490,9 @@ def _attach_files(q: _Query, batch_id: str, now: float) -> None:
         content = "".join(json.dumps(result_line(batch_id, int(n), c, resp, err), ensure_ascii=False) + "\n"
                           for n, c, _, resp, err in lines).encode("utf-8", "backslashreplace")
         row = FileRow(id="file-" + uuid.uuid4().hex[:24], purpose="batch_output", bytes=len(content),
-                      filename=f"{batch_id}_{kind}.jsonl", created_at=now, kind=kind, batch_id=batch_id)
+                      filename=f"{batch_id}_{kind}.jsonl", created_at=now, kind=kind, batch_id=batch_id,
+                      key_id=key_id)
         _insert_file(q, row, content)
         q.run(f"UPDATE batches SET {kind}_file_id = ? WHERE id = ?", (row.id, batch_id))
+    if not keep_content:
+        q.run("UPDATE batch_lines SET body = NULL, response = NULL WHERE batch_id = ?", (batch_id,))

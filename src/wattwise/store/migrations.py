@@ -127,12 +127,42 @@ def m0005_access(dialect: str) -> list[str]:
     ]
 
 
+def m0006_flywheel(dialect: str) -> list[str]:
+    """The flywheel: the router version that decided each trace row, a durable queue of label jobs
+    (judge and shadow calls, leased like batch lines), the labels they produced, and every router the
+    retrain built (the newest promoted one is what replicas serve)."""
+    t = _types(dialect)
+    return [
+        f"ALTER TABLE requests ADD COLUMN router_version {t['text']}",
+        f"""CREATE TABLE label_jobs (
+            id {t['text']} PRIMARY KEY, created_at {t['real']} NOT NULL, kind {t['text']} NOT NULL,
+            body {t['text']} NOT NULL, state {t['text']} NOT NULL, owner {t['text']}, lease_until {t['real']},
+            attempts {t['int']} NOT NULL DEFAULT 0, error {t['text']}, finished_at {t['real']}
+        )""",
+        "CREATE INDEX label_jobs_state ON label_jobs (state, lease_until)",
+        "CREATE INDEX label_jobs_owner ON label_jobs (owner)",
+        f"""CREATE TABLE labels (
+            id {t['text']} PRIMARY KEY, prompt_id {t['text']} NOT NULL, prompt {t['text']} NOT NULL,
+            model {t['text']} NOT NULL, score {t['real']} NOT NULL, cost_usd {t['real']}, energy_j {t['real']},
+            source {t['text']} NOT NULL, ts {t['real']} NOT NULL, app {t['text']}, request_id {t['text']}
+        )""",
+        "CREATE INDEX labels_ts ON labels (ts)",
+        f"""CREATE TABLE routers (
+            version {t['text']} PRIMARY KEY, created_at {t['real']} NOT NULL, promoted {t['bool']} NOT NULL,
+            serving_score {t['real']}, candidate_score {t['real']}, detail {t['text']} NOT NULL,
+            body {t['text']} NOT NULL
+        )""",
+        "CREATE INDEX routers_created ON routers (created_at)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_requests", m0001_requests),
     ("0002_batch", m0002_batch),
     ("0003_file_chunks", m0003_file_chunks),
     ("0004_key_owners", m0004_key_owners),
     ("0005_access", m0005_access),
+    ("0006_flywheel", m0006_flywheel),
 ]
 
 

@@ -60,6 +60,7 @@ class TraceRecord:
     calls: str | None = None
     key_id: str | None = None  # the API key that made the request (None: no keys configured)
     team: str | None = None
+    router_version: str | None = None  # the router (content hash) that decided it; None: not routed
 
     def as_tuple(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in COLUMNS)

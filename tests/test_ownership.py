@@ -232,3 +232,73 @@ def test_store_content_false_drops_batch_requests_and_answers(store: TraceStore)
     assert output is not None and output.key_id == "key_a"  # results belong to the batch's key
     assert queue.get_file(done.output_file_id, key_id="key_b") is None
     assert b'"secret"' in (queue.file_content(done.output_file_id) or b"")  # the client's to download
+
+
+def test_report_by_key_and_team(tmp_path: object) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from wattwise.cli import main
+    from wattwise.store.records import TraceRecord
+    from wattwise.store.sql import opened
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    rows = [TraceRecord(id=f"r{i}", ts=1e9 + i, requested_model="m", model="m", key_id=key, team=team,
+                        cost_usd=cost, energy_j=1.0, energy_source="estimated", input_tokens=10, output_tokens=5)
+            for i, (key, team, cost) in enumerate([("key_a", "search", 0.25), ("key_a", "search", 0.5),
+                                                   ("key_b", "search", 1.0), ("key_c", None, 2.0),
+                                                   (None, None, 4.0)])]
+    with opened(url) as store:
+        store.insert(rows)
+    by_key = json.loads(CliRunner().invoke(main, ["report", "--store", url, "--by", "key", "--json"]).output)
+    lines = {line["group"]: line for line in by_key["lines"]}
+    assert {g: (x["requests"], x["cost_usd"]) for g, x in lines.items()} == {
+        "key_a": (2, 0.75), "key_b": (1, 1.0), "key_c": (1, 2.0), "(no key)": (1, 4.0), "TOTAL": (5, 7.75)}
+    assert lines["key_a"]["energy_j"] == 2.0
+    by_team = json.loads(CliRunner().invoke(main, ["report", "--store", url, "--by", "team", "--json"]).output)
+    teams = {line["group"]: line["cost_usd"] for line in by_team["lines"]}
+    assert teams == {"search": 1.75, "(no team)": 6.0, "TOTAL": 7.75}
+    table = CliRunner().invoke(main, ["report", "--store", url, "--by", "team"])
+    assert table.exit_code == 0 and "search" in table.output
+
+
+def test_metrics_per_key_and_team_are_bounded() -> None:
+    from wattwise.metrics import Metrics
+
+    metrics = Metrics(max_key_series=2, max_team_series=1)
+    for key, team, cost in [("key_a", "search", 0.5), ("key_b", "ads", 1.0), ("key_c", "ads", 2.0),
+                            ("key_a", "search", 0.25), ("key_d", None, 4.0)]:
+        metrics.observe_key(key=key, team=team, status="ok", cost=cost, energy_j=1.0)
+    text = metrics.render().decode()
+    assert 'wattwise_key_cost_usd_total{key="key_a",team="search"} 0.75' in text
+    assert 'wattwise_key_cost_usd_total{key="key_b",team="other"} 1.0' in text
+    assert 'wattwise_key_cost_usd_total{key="other",team="other"} 2.0' in text
+    assert 'wattwise_key_cost_usd_total{key="other",team="none"} 4.0' in text
+    assert 'wattwise_key_requests_total{key="key_a",status="ok",team="search"} 2.0' in text
+    assert 'wattwise_key_energy_joules_total{key="key_a",team="search"} 2.0' in text
+    series = [line for line in text.splitlines() if line.startswith("wattwise_key_cost_usd_total")]
+    assert len(series) == 4
+
+
+async def test_metrics_endpoint_counts_by_key(store: TraceStore) -> None:
+    gateway = _gateway(store)
+    await gateway.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://wattwise") as client:
+            from wattwise.request import chat_body
+
+            call = gateway.call(chat_body({"model": "cheap", "messages": MSG}), request_id="req_k", tag=None)
+            call.principal = _Principal("key_a")  # type: ignore[attr-defined]
+            call.principal.team = "search"
+            async with call:
+                await call.complete()
+            text = (await client.get("/metrics")).text
+        assert 'wattwise_key_requests_total{key="key_a",status="ok",team="search"} 1.0' in text
+        assert 'wattwise_key_cost_usd_total{key="key_a",team="search"} 1.5e-06' in text
+        gateway.writer.flush()
+        row = store.get("req_k")
+        assert row is not None and (row.key_id, row.team) == ("key_a", "search")
+    finally:
+        await gateway.stop()

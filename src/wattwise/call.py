@@ -83,6 +83,7 @@ class Decision:
     reason: str
     execute: Callable[[CallFn], Awaitable[MultiCall]] | None = None
     reasoning_effort: str | None = None
+    router_version: str | None = None  # the trained router that decided (its content hash); None: no router
 
 
 @dataclass(kw_only=True)
@@ -147,6 +148,8 @@ class Recorder:
         self.in_flight: dict[str, int] = {"interactive": 0, "batch": 0}
         # Set when the server begins to shut down: a stream cut then was not the client's doing.
         self.stopping = False
+        # Told of each trace row once written down (the flywheel's label plan); must return at once.
+        self.on_record: Callable[[Call, TraceRecord], None] | None = None
 
     def record(self, call: Call, *, status: str, http_status: int, error: str | None) -> None:
         self.in_flight[call.body.wattwise.priority] -= 1
@@ -159,6 +162,18 @@ class Recorder:
         self.metrics.observe(model=record.model or "none", status=status, usage=outcome.usage if outcome else None,
                              cost=record.cost_usd, energy=outcome.energy if outcome else None,
                              latency_s=latency, ttft_s=record.ttft_s)
+        if record.key_id is not None or record.team is not None:
+            self.metrics.observe_key(key=record.key_id, team=record.team, status=status, cost=record.cost_usd,
+                                     energy_j=record.energy_j)
+        if self.on_record is not None:
+            self._tell(call, record)
+
+    def _tell(self, call: Call, record: TraceRecord) -> None:
+        assert self.on_record is not None
+        try:
+            self.on_record(call, record)
+        except Exception:  # labelling is a side line: it never fails the request it watches
+            log.exception("request %s: the trace row's listener failed", call.request_id)
 
 
 def _response_text(outcome: Outcome) -> str | None:
@@ -209,6 +224,7 @@ def trace_record(call: Call, outcome: Outcome | None, *, store_content: bool, la
         ttft_s=outcome.ttft_s if outcome else None, latency_s=latency_s, status=status,
         http_status=http_status, error=error, score=outcome.score if outcome else None,
         calls=json.dumps(call.calls) if call.calls else None,
+        router_version=decision.router_version if decision else None,
     )
 
 

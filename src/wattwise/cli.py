@@ -94,7 +94,8 @@ def _store_and_config(store_url: str | None, config_path: str | None) -> tuple[s
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Config whose store and prices to use.")
 @click.option("--since", default=None, help="Only requests since: 30m, 2h, 7d, epoch or ISO time.")
-@click.option("--by", type=click.Choice(["model", "tag", "hour"]), default="model", show_default=True)
+@click.option("--by", type=click.Choice(["model", "tag", "hour", "key", "team"]), default="model",
+              show_default=True, help="Group by model, tag, hour, API key or team.")
 @click.option("--baseline", default=None, help="A configured model: what the traffic would have cost on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG of spend and tokens/J.")

@@ -5,7 +5,7 @@ Pure functions over :class:`TraceRecord` lists; the CLI fetches the rows.
 Usage::
 
     rows = store.fetch(since=t0)
-    table = summarize(rows, by="model", baseline=Price(input=10, output=30))
+    table = summarize(rows, by="model", baseline=Price(input=10, output=30))   # or by "tag", "hour", "key", "team"
     print(format_table(table))
 """
 
@@ -26,6 +26,8 @@ KEYS: dict[str, Callable[[TraceRecord], str]] = {
     "model": lambda r: r.model or "(none)",
     "tag": lambda r: r.tag or "(untagged)",
     "hour": lambda r: time.strftime("%Y-%m-%d %H:00", time.gmtime(r.ts)),
+    "key": lambda r: r.key_id or "(no key)",
+    "team": lambda r: r.team or "(no team)",
 }
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from wattwise.config import Config
 from wattwise.data import resolve
 from wattwise.routing import execute
+from wattwise.routing.flywheel import router_version
 from wattwise.routing.router import Candidate, Router
 
 if TYPE_CHECKING:
@@ -40,23 +41,46 @@ def candidates_from(config: Config) -> list[Candidate]:
 
 
 class TrainedPicker:
+    """Routes with a trained :class:`Router`; :meth:`swap` replaces it while the gateway serves.
+
+    Usage::
+
+        picker = TrainedPicker(router=Router.default(), candidates=candidates_from(config))
+        picker.swap(promotion.candidate)      # the next decision names the new version
+    """
+
     def __init__(self, *, router: Router, candidates: Sequence[Candidate]) -> None:
-        self.router = router
+        self._serving = (router, router_version(router))
         self.candidates = list(candidates)
+
+    @property
+    def router(self) -> Router:
+        return self._serving[0]
+
+    @property
+    def version(self) -> str:
+        """The serving router's content hash; every decision and hence trace row carries it."""
+        return self._serving[1]
+
+    def swap(self, router: Router) -> str:
+        """Serve ``router`` from the next decision on (one assignment: a decision sees one router)."""
+        self._serving = (router, router_version(router))
+        return self._serving[1]
 
     def pick(self, *, prompt: str, policy: str, body: ChatBody, gateway: Gateway) -> Decision:
         from wattwise.gateway import Decision
 
+        router, version = self._serving  # read once: a swap mid-decision cannot mix two routers
         dial = body.wattwise
-        decision = self.router.route(prompt, self.candidates, policy=policy,
-                                     quality_target=dial.quality_target, max_cost_usd=dial.max_cost_usd)
+        decision = router.route(prompt, self.candidates, policy=policy,
+                                quality_target=dial.quality_target, max_cost_usd=dial.max_cost_usd)
         runner = MULTI.get(policy)
         run: Callable[[CallFn], Awaitable[Any]] | None = None
         if runner is not None:
-            run = partial(_run, runner, self.router, prompt, self.candidates,
+            run = partial(_run, runner, router, prompt, self.candidates,
                           dial.quality_target, dial.max_cost_usd)
         return Decision(model=decision.model, policy=decision.policy, reason=decision.reason, execute=run,
-                        reasoning_effort=decision.reasoning_effort)
+                        reasoning_effort=decision.reasoning_effort, router_version=version)
 
 
 async def _run(runner: Any, router: Router, prompt: str, candidates: Sequence[Candidate],

@@ -226,6 +226,43 @@ class BudgetsConfig(_Strict):
     teams: dict[str, TeamBudgetConfig] = Field(default_factory=dict)
 
 
+class FlywheelConfig(_Strict):
+    """The live flywheel: label served answers in demand's valleys, retrain, promote a better router.
+
+    A served request is judged with probability ``judge_share`` and shadowed with ``shadow_share``
+    (the other candidates, or ``shadow_models``, answer it too; every answer is judged by
+    ``judge_model`` with ``rubric``, whose ``{prompt}`` and ``{answer}`` are filled in). Label calls
+    are queued in the store and run at ``batch`` priority only in the headroom ``[batch]
+    max_in_flight`` leaves, at most ``max_concurrency`` at once, within ``budget_usd_per_day`` and
+    ``budget_j_per_day``. Every ``retrain_every`` new labels (checked each ``retrain_check_s``) a
+    candidate router is trained on ``shipped`` outcomes files (the package's training set when empty)
+    plus the older labels; it is promoted only if it beats the serving router by more than
+    ``min_gain`` on the newest ``holdout_share`` of labelled prompts (at least ``min_holdout`` labels).
+    """
+
+    enabled: bool = False
+    judge_model: str | None = None
+    rubric: str | None = None
+    judge_max_tokens: int = Field(default=32, ge=1)
+    judge_share: float = Field(default=0.05, ge=0, le=1)
+    shadow_share: float = Field(default=0.01, ge=0, le=1)
+    shadow_models: list[str] | None = None
+    budget_usd_per_day: float = Field(default=1.0, ge=0)
+    budget_j_per_day: float = Field(default=1_000_000.0, ge=0)
+    max_concurrency: int = Field(default=2, ge=1)
+    max_pending: int = Field(default=10_000, ge=1)
+    lease_s: float = Field(default=60.0, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    retrain_every: int = Field(default=500, ge=0)
+    retrain_check_s: float = Field(default=60.0, gt=0)
+    holdout_share: float = Field(default=0.2, gt=0, lt=1)
+    min_holdout: int = Field(default=20, ge=1)
+    min_gain: float = Field(default=0.0, ge=0)
+    shipped: list[str] = Field(default_factory=list)
+    resume: bool = True
+    seed: int = 0
+
+
 class Config(_Strict):
     """The whole gateway configuration."""
 
@@ -237,6 +274,7 @@ class Config(_Strict):
     auth: AuthConfig = AuthConfig()
     state: StateConfig = StateConfig()
     budgets: BudgetsConfig = BudgetsConfig()
+    flywheel: FlywheelConfig = FlywheelConfig()
     models: dict[str, ModelConfig]
 
     @field_validator("models")

@@ -12,7 +12,10 @@ In one run it measures, for each system in front of the same mock upstream (benc
 
 wattwise runs as ``wattwise serve`` with tracing on an SQLite store (content stored) and its write-ahead
 trace journal on (as shipped), then once more with the journal off (``wattwise-nojournal``: the
-journal's cost is the difference between the two rows); LiteLLM's proxy
+journal's cost is the difference between the two rows), then with access control on: a key required,
+with a dollar and a joule budget and request and token rate limits checked (and reserved, settled)
+on every request, the state in the process (``wattwise-access``) and in Redis (``wattwise-redis``):
+access control's cost is the difference from the ``wattwise`` row; LiteLLM's proxy
 runs from its own hash-pinned venv (bench/.venv-litellm, built on first use), one uvicorn worker, no
 database, spend logs and telemetry off. Usage::
 
@@ -56,7 +59,9 @@ from servers import (
     Server,
     ServerError,
     ensure_litellm_env,
+    forget_redis_keys,
     litellm_pin,
+    redis_reachable,
     rss_kib,
     start_litellm,
     start_mock,
@@ -141,7 +146,7 @@ def log(message: str) -> None:
 
 def measure_latency(server: Server, model: str, plan: Plan) -> LatencyRun:
     """Warm up, then run the open-loop generator at 200 requests/s against ``server``."""
-    payload = chat_request(HOST, server.port, server.chat_path, model)
+    payload = chat_request(HOST, server.port, server.chat_path, model, server.api_key)
 
     async def go() -> LatencyRun:
         pool = ClientPool(HOST, server.port)
@@ -156,7 +161,8 @@ def measure_latency(server: Server, model: str, plan: Plan) -> LatencyRun:
 def measure_peak(server: Server, model: str, plan: Plan) -> PeakRate:
     """Find the highest error-free closed-loop rate with wrk."""
     url = f"http://{HOST}:{server.port}{server.chat_path}"
-    return wrk_peak(url, chat_body(model), connections=list(plan.connections), duration=plan.peak_s)
+    return wrk_peak(url, chat_body(model), connections=list(plan.connections), duration=plan.peak_s,
+                    api_key=server.api_key)
 
 
 def measure_leg(name: str, server: Server, model: str, plan: Plan, pids: list[int]) -> Leg:
@@ -319,9 +325,36 @@ def run_wattwise_legs(workdir: Path, mock: Server, plan: Plan, args: argparse.Na
             out["wattwise-nojournal"] = measure_leg("wattwise-nojournal", bare, "mock", plan, [mock.pid, bare.pid])
         finally:
             bare.stop()
+    if args.access_compare:
+        out.update(run_access_legs(workdir, mock, plan, args))
     if not args.skip_memory:
         log(f"wattwise: memory over {plan.memory_total:,} requests on a fresh process")
         out["memory"] = measure_memory(workdir, mock, plan)
+    return out
+
+
+def run_access_legs(workdir: Path, mock: Server, plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
+    """wattwise with access control on (a key, its budgets and rate limits checked on every request):
+    state in the process (``wattwise-access``), then in Redis (``wattwise-redis``)."""
+    out: dict[str, Any] = {}
+    legs = [("wattwise-access", "")]
+    if redis_reachable(args.redis_url):
+        legs.append(("wattwise-redis", args.redis_url))
+    else:
+        log(f"no Redis at {args.redis_url}: the wattwise-redis leg is left out")
+    for name, state_url in legs:
+        try:
+            server = start_wattwise(workdir, upstream_port=mock.port, tag=name, state_url=state_url)
+        except ServerError as error:
+            log(f"{name} could not start: {error}")
+            out[name] = Leg(name=name, note=f"did not start: {last_line(str(error))}")
+            continue
+        try:
+            out[name] = measure_leg(name, server, "mock", plan, [mock.pid, server.pid])
+        finally:
+            server.stop()
+            if state_url and server.key_id:
+                forget_redis_keys(state_url, server.key_id)
     return out
 
 
@@ -372,6 +405,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-memory", action="store_true", help="leave the memory run out")
     parser.add_argument("--no-journal-compare", dest="journal_compare", action="store_false",
                         help="leave out the second wattwise leg with the trace journal off")
+    parser.add_argument("--no-access-compare", dest="access_compare", action="store_false",
+                        help="leave out the wattwise legs with access control on (in-process and Redis state)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
+                        help="Redis for the wattwise-redis leg (left out when none answers)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser.parse_args(argv)
 

@@ -52,12 +52,12 @@ def chat_body(model: str) -> bytes:
     return json.dumps({"model": model, "messages": messages, "max_tokens": 16}).encode()
 
 
-def chat_request(host: str, port: int, path: str, model: str) -> bytes:
+def chat_request(host: str, port: int, path: str, model: str, api_key: str = "bench") -> bytes:
     """Return the complete HTTP/1.1 ``POST`` of the benchmark's chat completion request."""
     body = chat_body(model)
     head = (
         f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
-        f"authorization: Bearer bench\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"authorization: Bearer {api_key}\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -292,15 +292,15 @@ class PeakRate:
         return self.best.rate if self.best else 0.0
 
 
-def wrk_script(body: bytes) -> str:
+def wrk_script(body: bytes, api_key: str = "bench") -> str:
     """Return a wrk Lua script that POSTs ``body`` as JSON and prints a JSON summary when done."""
     text = body.decode()
-    assert "]==]" not in text
+    assert "]==]" not in text and '"' not in api_key
     return (
         'wrk.method = "POST"\n'
         f"wrk.body = [==[{text}]==]\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        'wrk.headers["Authorization"] = "Bearer bench"\n' + WRK_DONE
+        f'wrk.headers["Authorization"] = "Bearer {api_key}"\n' + WRK_DONE
     )
 
 
@@ -326,11 +326,11 @@ def wrk_once(url: str, script: Path, *, connections: int, duration: float) -> Wr
     )
 
 
-def wrk_peak(url: str, body: bytes, *, connections: list[int], duration: float) -> PeakRate:
+def wrk_peak(url: str, body: bytes, *, connections: list[int], duration: float, api_key: str = "bench") -> PeakRate:
     """Run wrk at each connection count (after a short warm-up) and collect the runs."""
     with tempfile.TemporaryDirectory(prefix="wattwise-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
-        script.write_text(wrk_script(body))
+        script.write_text(wrk_script(body, api_key))
         wrk_once(url, script, connections=min(connections), duration=1)
         runs = [wrk_once(url, script, connections=c, duration=duration) for c in connections]
     return PeakRate(runs=runs)

@@ -15,12 +15,15 @@ from typing import Any
 
 RATE_RATIO_TARGET = 10.0
 ADDED_P50_TARGET_MS = 1.0
+ACCESS_P50_TARGET_MS = 0.3
 ADDED_P99_TARGET_MS = 3.0
 MEMORY_TARGET_PCT = 5.0
 BUSY_IDLE_PCT = 90.0
 FOREIGN_CPU_PCT = 10.0
-# "wattwise-nojournal": the same gateway with the write-ahead trace journal off, to show its cost.
-SYSTEMS = ("direct", "wattwise", "wattwise-nojournal", "litellm")
+# "wattwise-nojournal": the same gateway with the write-ahead trace journal off, to show its cost;
+# "wattwise-access" / "wattwise-redis": access control on (a key, budgets, rate limits), its state
+# in the process / in Redis, to show access control's cost.
+SYSTEMS = ("direct", "wattwise", "wattwise-nojournal", "wattwise-access", "wattwise-redis", "litellm")
 
 
 def _ms(seconds: float) -> float | None:
@@ -112,6 +115,25 @@ def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
     if not ll:
         checks[0]["pass"] = None
+    return checks + access_checks(summary)
+
+
+def access_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Access control's cost: its legs' p50 over the plain wattwise leg's, and its rate against LiteLLM's."""
+    ww, ll = summary.get("wattwise") or {}, summary.get("litellm") or {}
+    checks = []
+    for name, target in (("wattwise-access", True), ("wattwise-redis", False)):
+        leg = summary.get(name) or {}
+        if leg.get("p50_ms") is None or ww.get("p50_ms") is None:
+            continue
+        extra = round(leg["p50_ms"] - ww["p50_ms"], 2)
+        goal = f"≤ {ACCESS_P50_TARGET_MS:g} ms" if target else "stated, no target"
+        ok = extra <= ACCESS_P50_TARGET_MS and leg.get("kept_up", False) if target else None
+        checks.append(_check(f"{name} p50 over wattwise at 200 req/s (ms)", extra, goal, ok))
+        if leg.get("peak_rps") and ll.get("peak_rps"):
+            ratio = round(leg["peak_rps"] / ll["peak_rps"], 1)
+            checks.append(_check(f"{name} peak rate ÷ LiteLLM peak rate", ratio, f"≥ {RATE_RATIO_TARGET:g}×",
+                                 ratio >= RATE_RATIO_TARGET))
     return checks
 
 

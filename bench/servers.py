@@ -86,6 +86,20 @@ price = {{ input = 0.15, cached_input = 0.075, output = 0.6 }}
 energy = {{ joules_per_input_token = 0.01, joules_per_output_token = 0.2 }}
 """
 
+# Access control for the wattwise-access and wattwise-redis legs (start_wattwise's state_url).
+ACCESS_CONFIG = """
+[auth]
+mode = "keys"
+
+[state]
+url = "{state_url}"
+"""
+BENCH_MASTER_KEY = "ww-bench-master-key-not-secret"
+BENCH_KEY_SPEC = {
+    "name": "bench", "budget_usd": "1000000/month", "budget_j": "1000000000/month",
+    "rpm": 100_000_000, "tpm": 10_000_000_000,
+}  # fmt: skip
+
 
 class ServerError(RuntimeError):
     """A server under test could not be started or died."""
@@ -100,6 +114,8 @@ class Server:
     port: int
     log: Path
     chat_path: str
+    api_key: str = "bench"  # what the load generators send as the bearer key
+    key_id: str | None = None  # the id of that key when access control is on
 
     @property
     def pid(self) -> int:
@@ -186,9 +202,17 @@ def wattwise_command() -> list[str]:
     return [found]
 
 
-def start_wattwise(workdir: Path, *, upstream_port: int, tag: str = "wattwise", journal: bool = True) -> Server:
+def start_wattwise(
+    workdir: Path, *, upstream_port: int, tag: str = "wattwise", journal: bool = True, state_url: str | None = None,
+) -> Server:  # fmt: skip
     """Start ``wattwise serve`` with tracing on an SQLite store in ``workdir`` (``journal``: the
-    write-ahead trace journal that keeps answered rows through a crash; on by default, as shipped)."""
+    write-ahead trace journal that keeps answered rows through a crash; on by default, as shipped).
+
+    ``state_url`` turns access control on: keys required, one key with a dollar budget, a joule
+    budget and request and token rate limits (all far above what the run spends, so every request
+    is checked and none refused), budgets and windows in this process (``""``) or in Redis
+    (``redis://…``). The server's :attr:`Server.api_key` is then that key.
+    """
     port = free_port()
     store = workdir / tag
     store.mkdir(exist_ok=True)
@@ -196,9 +220,59 @@ def start_wattwise(workdir: Path, *, upstream_port: int, tag: str = "wattwise", 
     text = WATTWISE_CONFIG.format(db=store / "traces.db", port=upstream_port)
     if not journal:
         text = text.replace("store_content = true\n", 'store_content = true\njournal_dir = ""\n')
+    env: dict[str, str | None] = {}
+    api_key, key_id = "bench", None
+    if state_url is not None:
+        text += ACCESS_CONFIG.format(state_url=state_url)
+        env["WATTWISE_MASTER_KEY"] = BENCH_MASTER_KEY
+        api_key, key_id = bench_key(f"sqlite:///{store / 'traces.db'}")
     config.write_text(text)
     cmd = [*wattwise_command(), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-    return launch(tag, cmd, workdir=workdir, port=port, ready_path="/healthz", chat_path="/v1/chat/completions")
+    server = launch(tag, cmd, workdir=workdir, port=port, ready_path="/healthz", chat_path="/v1/chat/completions",
+                    env=env)
+    server.api_key = api_key
+    server.key_id = key_id if state_url is not None else None
+    return server
+
+
+def bench_key(store_url: str) -> tuple[str, str]:
+    """Create the benchmark's API key in the store at ``store_url`` (made if new): ``(key, key id)``."""
+    import time as clock
+
+    from wattwise.access.admin import create_key
+    from wattwise.store.access import AccessStore
+    from wattwise.store.sql import opened
+
+    with opened(store_url) as store:
+        record, key = create_key(AccessStore(store=store), dict(BENCH_KEY_SPEC),
+                                 secret=BENCH_MASTER_KEY.encode(), actor="bench", now=clock.time())
+    return str(key), str(record.id)
+
+
+def forget_redis_keys(url: str, key_id: str) -> int:
+    """Delete what a run left in Redis for the benchmark's key (its budget buckets and windows)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        found = list(client.scan_iter(match=f"wattwise:*{key_id}*", count=1000))
+        return int(client.delete(*found)) if found else 0
+    finally:
+        client.close()
+
+
+def redis_reachable(url: str) -> bool:
+    """Whether a Redis answers at ``url``."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
 
 
 def litellm_pin(requirements: Path = LITELLM_REQUIREMENTS) -> str:

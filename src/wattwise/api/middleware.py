@@ -19,6 +19,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from wattwise.exceptions import PermissionDenied
+
 MAX_HEADER_VALUE = 1024
 _UNSAFE_VALUE = re.compile(rb"[^\x20-\x7e]")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
@@ -163,10 +165,8 @@ def _origin(scope: Scope) -> bytes | None:
 
 async def _refuse(send: Send, origin: bytes) -> None:
     shown = safe_header(origin[:200]).decode("ascii")
-    body = json.dumps({"error": {
-        "message": f"cross-origin requests from {shown!r} are not allowed; list the origin in [server] "
-                   "allowed_origins", "type": "invalid_request_error", "param": None,
-        "code": "origin_not_allowed"}}).encode()
+    body = json.dumps(PermissionDenied(f"cross-origin requests from {shown!r} are not allowed; list the origin "
+                                       "in [server] allowed_origins", code="origin_not_allowed").to_body()).encode()
     await send({"type": "http.response.start", "status": 403, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,4 @@
-"""Assemble a gateway from a config: backends by name, the trace store, the router.
+"""Assemble a gateway from a config: backends by name, the trace store, the router, the flywheel.
 
 Usage::
 
@@ -8,6 +8,7 @@ Usage::
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from wattwise.backends.base import Backend
@@ -64,4 +65,9 @@ def build_gateway(config: Config, *, config_dir: str | Path = ".",
 
         router = load_picker(config, config_dir=str(config_dir))
     dispatcher = build_dispatcher(config, backends, config_dir=config_dir)
-    return Gateway(config=config, backends=backends, store=store, router=router, dispatcher=dispatcher)
+    gateway = Gateway(config=config, backends=backends, store=store, router=router, dispatcher=dispatcher)
+    if config.flywheel.enabled:
+        from wattwise.labeller import Flywheel, shipped_outcomes
+
+        Flywheel.attach(gateway, shipped=partial(shipped_outcomes, config.flywheel.shipped, base_dir=str(config_dir)))
+    return gateway

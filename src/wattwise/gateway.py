@@ -39,6 +39,14 @@ class RoutePicker(Protocol):
     def pick(self, *, prompt: str, policy: str, body: ChatBody, gateway: Gateway) -> Decision: ...
 
 
+class Service(Protocol):
+    """Background work started and stopped with the gateway (the flywheel's label runner)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class CheapestRule:
     """Until a trained router is configured: the model with the lowest list price, named honestly."""
 
@@ -88,6 +96,9 @@ class Gateway:
                                  hash_key=hash_key_from_env(config.store.hash_key_env))
         self.started_at = time.time()
         self.health: HealthChecker | None = None
+        # Work the gateway runs beside requests (the flywheel), started after the trace writer and
+        # stopped before it closes, so their own calls are recorded.
+        self.services: list[Service] = []
 
     @property
     def prices(self) -> dict[str, Price | None]:
@@ -104,6 +115,8 @@ class Gateway:
 
     async def start(self) -> None:
         self.writer.start()
+        for service in self.services:
+            await service.start()
         intervals = [spec.health_interval_s for spec in self.config.models.values() if spec.health_interval_s > 0]
         if intervals:
             self.health = HealthChecker(scheduler=self.dispatcher.scheduler, interval_s=min(intervals))
@@ -114,6 +127,8 @@ class Gateway:
         self.begin_shutdown()
         if self.health is not None:
             await self.health.stop()
+        for service in reversed(self.services):
+            await service.stop()
         self.writer.close()
         closing = {id(b): b for b in [*self.backends.values(), *self.dispatcher.backends()]}
         for backend in closing.values():

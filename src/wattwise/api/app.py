@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from wattwise.access.control import Access
+from wattwise.access.gate import AccessGate
+from wattwise.access.routes import ADMIN_ROUTES, govern
 from wattwise.api.batch import BATCH_ROUTES
 from wattwise.api.body import read_json
 from wattwise.api.files import owner_of
@@ -168,8 +172,9 @@ async def chat_completions(request: Request) -> Response:
     body = chat_body(await read_json(request, gateway.config.server.max_body_bytes))
     call = gateway.call(body, request_id=request_id, tag=_tag(request, body))
     request.scope["state"]["call"] = call
+    await govern(request, call)
     if body.stream:
-        return await _stream(call, body)
+        return await _stream(call, call.body)
     async with call:
         outcome = await call.complete()
         headers = {**meter_headers(request_id, outcome), **_passed(outcome)}
@@ -286,20 +291,25 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return await wattwise_error(request, InternalError(f"internal error ({type(exc).__name__})"))
 
 
-def create_app(gateway: Gateway) -> WattwiseHeaders:
-    """The gateway's ASGI app; starts and stops ``gateway`` and its batch runner with the server's lifespan."""
+def create_app(gateway: Gateway, *, access: Access | None = None) -> WattwiseHeaders:
+    """The gateway's ASGI app; starts and stops ``gateway``, its batch runner and its access control
+    (by default built from the gateway's config, the master key from the environment) with the
+    server's lifespan."""
+    access = access or Access(config=gateway.config, store=gateway.store, meter=gateway.meter, environ=os.environ)
     queue = BatchStore(store=gateway.store, keep_content=gateway.config.store.store_content)
     runner = BatchRunner(gateway=gateway, queue=queue, render=completion_body)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        await access.start()
         await runner.start()
         try:
             yield
         finally:
             gateway.begin_shutdown()
             await runner.stop()
+            await access.stop()
             await gateway.stop()
 
     routes = [
@@ -312,9 +322,11 @@ def create_app(gateway: Gateway) -> WattwiseHeaders:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *BATCH_ROUTES,
+        *ADMIN_ROUTES,
     ]
     handlers = {HTTPException: http_error, WattwiseError: wattwise_error, Exception: internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.gateway = gateway
     app.state.batch_runner = runner
-    return WattwiseHeaders(OriginCheck(app, allowed=gateway.config.server.allowed_origins))
+    app.state.access = access
+    return WattwiseHeaders(OriginCheck(AccessGate(app, access=access), allowed=gateway.config.server.allowed_origins))

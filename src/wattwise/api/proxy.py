@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from wattwise.access.routes import govern
 from wattwise.api.body import read_json
 from wattwise.api.render import JSONBody, meter_body, meter_headers
 from wattwise.backends.base import Backend, ChatRequest, Completion, Forwarded
@@ -87,6 +88,7 @@ async def forward(request: Request) -> Response:
     data = await read_json(request, gateway.config.server.max_body_bytes)
     body = _parse(data, gateway, path)
     call = _call(gateway, request, body, data, path)
+    await govern(request, call)
     if body.stream:
         return await _stream(call, path, data)
     async with call:

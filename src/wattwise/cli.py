@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from wattwise.access.cli import keys_command
 from wattwise.exceptions import WattwiseError
 from wattwise.routing.cli import eval_command, train_command
 from wattwise.sim.cli import plan_command, simulate_command
@@ -37,8 +38,12 @@ def fail(exc: WattwiseError) -> None:
 @click.option("--log-level", default="warning", show_default=True)
 def serve(config_path: str | None, host: str | None, port: int | None, log_level: str) -> None:
     """Serve the OpenAI-compatible API."""
+    import os
+
     import uvicorn
 
+    from wattwise.access.auth import check_bind
+    from wattwise.access.control import Access
     from wattwise.api.app import create_app
     from wattwise.build import build_gateway
     from wattwise.config import default_config, load_config
@@ -47,11 +52,15 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
     try:
         config = load_config(config_path) if config_path else default_config()
         gateway = build_gateway(config, config_dir=Path(config_path).parent if config_path else ".")
+        # The safe default: no keys and no master key means loopback only (or [auth] mode = "none").
+        access = Access(config=config, store=gateway.store, meter=gateway.meter, environ=os.environ)
+        access.auth.load()
+        check_bind(access.auth, host=host or config.server.host)
     except WattwiseError as exc:
         fail(exc)
         return
     # Headers must arrive within 10 s (uvicorn has no such deadline); bodies within read_limited's.
-    settings = uvicorn.Config(create_app(gateway), host=host or config.server.host,
+    settings = uvicorn.Config(create_app(gateway, access=access), host=host or config.server.host,
                               port=port or config.server.port, log_level=log_level, access_log=False,
                               timeout_graceful_shutdown=config.server.shutdown_grace_s,
                               http=header_deadline_protocol(HEADER_TIMEOUT_S))
@@ -197,6 +206,7 @@ main.add_command(train_command)
 main.add_command(eval_command)
 main.add_command(simulate_command)
 main.add_command(plan_command)
+main.add_command(keys_command)
 
 
 if __name__ == "__main__":

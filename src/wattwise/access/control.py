@@ -79,8 +79,9 @@ class Access:
 
     async def admit(self, call: Call, principal: Principal | None) -> dict[str, str]:
         """Govern ``call`` for ``principal``: the headers for its answer, or raise the refusal."""
-        call.principal = principal
-        if principal is None or principal.admin:
+        if principal is not None:
+            call.principal = principal
+        if not isinstance(principal, Principal) or principal.admin:
             return {}
         settings = principal.settings
         model = call.body.model

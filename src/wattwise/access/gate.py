@@ -47,7 +47,8 @@ class AccessGate:
         if principal is None and auth.required:
             await _refuse(send)
             return
-        state["principal"] = principal
+        if principal is not None or "principal" not in state:
+            state["principal"] = principal
         added: dict[str, str] = state.setdefault("access_headers", {})
 
         async def send_with_headers(message: Message) -> None:

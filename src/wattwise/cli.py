@@ -16,6 +16,7 @@ import click
 from wattwise.access.cli import keys_command
 from wattwise.exceptions import WattwiseError
 from wattwise.routing.cli import eval_command, train_command
+from wattwise.routing.flysim_cli import flysim_command
 from wattwise.sim.cli import plan_command, simulate_command
 
 
@@ -207,6 +208,7 @@ main.add_command(eval_command)
 main.add_command(simulate_command)
 main.add_command(plan_command)
 main.add_command(keys_command)
+main.add_command(flysim_command)
 
 
 if __name__ == "__main__":

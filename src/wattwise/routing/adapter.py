@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from wattwise.config import Config
 from wattwise.data import resolve
 from wattwise.routing import execute
+from wattwise.routing.adapt import AppPosterior, app_key
 from wattwise.routing.flywheel import router_version
+from wattwise.routing.policies import RouteDecision
 from wattwise.routing.router import Candidate, Router
 
 if TYPE_CHECKING:
@@ -49,9 +51,12 @@ class TrainedPicker:
         picker.swap(promotion.candidate)      # the next decision names the new version
     """
 
-    def __init__(self, *, router: Router, candidates: Sequence[Candidate]) -> None:
+    def __init__(self, *, router: Router, candidates: Sequence[Candidate],
+                 posterior: AppPosterior | None = None) -> None:
         self._serving = (router, router_version(router))
         self.candidates = list(candidates)
+        # Per-application adaptation (routing/adapt.py): the flywheel's labels go to posterior.add.
+        self.posterior = posterior
 
     @property
     def router(self) -> Router:
@@ -72,11 +77,19 @@ class TrainedPicker:
 
         router, version = self._serving  # read once: a swap mid-decision cannot mix two routers
         dial = body.wattwise
-        decision = router.route(prompt, self.candidates, policy=policy,
-                                quality_target=dial.quality_target, max_cost_usd=dial.max_cost_usd)
+        app = app_key(body) if self.posterior is not None else None
+        if app is None or self.posterior is None:
+            decision = router.route(prompt, self.candidates, policy=policy,
+                                    quality_target=dial.quality_target, max_cost_usd=dial.max_cost_usd)
+        else:  # the router's estimates, moved toward what this application's labels say
+            estimates = self.posterior.adjust(app, router.estimate(prompt, self.candidates))
+            decision = router.decide(estimates, policy=policy, quality_target=dial.quality_target,
+                                     max_cost_usd=dial.max_cost_usd)
         runner = MULTI.get(policy)
         run: Callable[[CallFn], Awaitable[Any]] | None = None
-        if runner is not None:
+        if policy == "cascade" and app is not None:
+            run = partial(_run_plan, decision)  # the adjusted plan, not a fresh unadjusted one
+        elif runner is not None:
             run = partial(_run, runner, router, prompt, self.candidates,
                           dial.quality_target, dial.max_cost_usd)
         return Decision(model=decision.model, policy=decision.policy, reason=decision.reason, execute=run,
@@ -93,7 +106,15 @@ async def _run(runner: Any, router: Router, prompt: str, candidates: Sequence[Ca
                         max_cost_usd=max_cost_usd)
 
 
+async def _run_plan(decision: RouteDecision, call: CallFn) -> Any:
+    async def adapted(model: str) -> execute.Answer:
+        got = await call(model)
+        return execute.Answer(text=got.text, cost_usd=got.cost_usd, logprob=got.logprob)
+
+    return await execute.cascade_calls(decision, adapted)
+
+
 def load_picker(config: Config, *, config_dir: str = ".") -> TrainedPicker:
     router = Router.load(resolve(config.router.path, base_dir=config_dir)) if config.router.path \
         else Router.default()
-    return TrainedPicker(router=router, candidates=candidates_from(config))
+    return TrainedPicker(router=router, candidates=candidates_from(config), posterior=AppPosterior())

@@ -150,13 +150,15 @@ class Flywheel:
 
     def offer(self, call: Call, record: TraceRecord) -> None:
         """Plan label jobs for a request that just ended; queued in memory, written by the runner."""
-        if (record.status != "ok" or record.model is None or record.messages is None
+        # Only answers the router could have chosen teach it anything; content the caller asked not to
+        # store (store_content off) is not stored here either.
+        candidates = self.candidates()
+        if (record.status != "ok" or record.model not in candidates or record.messages is None
                 or (record.tag or "").startswith(LABEL_TAG) or call.outcome is None):
             return
         jobs = self.plan.jobs(request_id=record.id, prompt_id=record.prompt_hash or record.id, prompt=call.prompt,
-                              served_model=record.model, answer=call.outcome.text or "",
-                              candidates=list(self.gateway.backends), app=record.tag, cost_usd=record.cost_usd,
-                              energy_j=record.energy_j)
+                              served_model=record.model, answer=call.outcome.text or "", candidates=candidates,
+                              app=record.tag, cost_usd=record.cost_usd, energy_j=record.energy_j)
         if not jobs:
             return
         if len(self.pending) + len(jobs) > self.config.max_pending:
@@ -164,6 +166,13 @@ class Flywheel:
             return
         self.pending.extend(jobs)
         self._wake.set()
+
+    def candidates(self) -> list[str]:
+        """The models the router chooses among (the picker's candidates; else every configured model)."""
+        picked = getattr(self.gateway.router, "candidates", None)
+        if isinstance(picked, list) and picked:
+            return [getattr(c, "name", str(c)) for c in picked]
+        return list(self.gateway.backends)
 
     # -- the runner --------------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ class KeyRecord:
     def public(self) -> dict[str, object]:
         """The key as the admin API and ``keys show`` print it (never the hash)."""
         return {"id": self.id, "name": self.name, "prefix": self.prefix, "team": self.team,
-                "settings": self.settings.model_dump(exclude_defaults=True), "created_at": self.created_at,
+                "settings": self.settings.model_dump(exclude_none=True), "created_at": self.created_at,
                 "expires_at": self.expires_at, "revoked_at": self.revoked_at,
                 "status": "revoked" if self.revoked_at else (
                     "expired" if self.expires_at is not None and self.expires_at <= time.time() else "active")}

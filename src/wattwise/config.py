@@ -193,9 +193,16 @@ class AuthConfig(_Strict):
 
 class StateConfig(_Strict):
     """Where budget reservations and rate-limit windows live: ``""`` in this process, or ``redis://…``
-    shared by every replica. The store stays the durable record of spend."""
+    shared by every replica. The store stays the durable record of spend.
+
+    With Redis: ``timeout_s`` bounds each call to it; when it cannot be reached, budgets fail closed
+    (503) and rate limits as ``limits_on_failure`` says: ``"open"`` (served, unlimited, logged) or
+    ``"closed"`` (503).
+    """
 
     url: str = ""
+    timeout_s: float = Field(default=2.0, gt=0)
+    limits_on_failure: Literal["open", "closed"] = "open"
 
 
 class TeamBudgetConfig(_Strict):

@@ -52,7 +52,8 @@ class Access:
         self.meter = meter
         self.keys = AccessStore(store=store)
         self.auth = Authenticator(store=self.keys, auth=config.auth, environ=environ, clock=clock)
-        self.state = state or open_state(config.state.url)
+        self.state = state or open_state(config.state.url, timeout_s=config.state.timeout_s,
+                                         limits_fail_open=config.state.limits_on_failure == "open")
         self.budgeter = Budgeter(state=self.state, store=self.keys, teams=team_budgets(config.budgets.teams),
                                  unknown_energy=config.budgets.unknown_energy,
                                  unknown_cost=config.budgets.unknown_cost, clock=clock)

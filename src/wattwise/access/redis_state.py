@@ -8,9 +8,11 @@ and reservations of the current period, window counts); the trace store's ``spen
 durable record, and a bucket Redis lost (restart, eviction) is seeded from them again.
 
 **When Redis cannot be reached** (connection refused, timeout, any Redis error) within
-``timeout_s``: budget operations fail closed with :class:`StateUnavailable`, a 503 in OpenAI's body
-(a request is never served unmetered against a budget it cannot check); rate-limit checks fail open
-(``limits_fail_open=True``: allowed, logged once per ``LOG_EVERY_S``) or closed (the same 503). A
+``timeout_s`` (``[state] timeout_s``, 2 s: long enough that a busy event loop reading a late reply
+is not mistaken for Redis down): budget operations fail closed with :class:`StateUnavailable`, a 503
+in OpenAI's body (a request is never served unmetered against a budget it cannot check); rate-limit
+checks fail open (``limits_fail_open=True``, ``[state] limits_on_failure = "open"``, the default:
+allowed, logged once per ``LOG_EVERY_S``) or closed (the same 503). A
 settlement that cannot be written leaves its reservation counted until the period ends (the safe
 side: the budget looks more used, never less) and is logged.
 
@@ -19,7 +21,7 @@ Keys are ``{prefix}b:{bucket}`` (a hash: ``used``, ``reserved``; expires with it
 
 Usage::
 
-    state = RedisState(url="redis://127.0.0.1:6379/0", prefix="wattwise:", limits_fail_open=True)
+    state = RedisState(url="redis://127.0.0.1:6379/0", prefix="wattwise:", timeout_s=2.0, limits_fail_open=True)
     ok = await state.reserve("key:k1:usd:month:1764547200", amount=0.02, limit=200.0, expires_at=t_end)
     await state.settle("key:k1:usd:month:1764547200", reserved=0.02, actual=0.004)
     await state.aclose()
@@ -38,6 +40,7 @@ from wattwise.exceptions import WattwiseError
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0
+POOL_WAIT_FACTOR = 10  # how many timeouts a request may wait for one of the pool's connections
 
 # Lua numbers are doubles; a Lua number in a reply is truncated to an integer, so figures go back as
 # strings ('%.17g' round-trips a double exactly).
@@ -114,13 +117,15 @@ class RedisState:
     """Budget reservations and rate-limit windows in Redis, one Lua script per operation.
 
     ``timeout_s`` bounds each call (connect and reply), so a Redis that hangs costs a request at most
-    that long before the 503 (or, for limits that fail open, the pass). The connection pool is made on
-    first use, in the event loop that uses it.
+    that long before the 503 (or, for limits that fail open, the pass). At most ``max_connections``
+    connections are open; a burst beyond them queues for one. The pool is made on first use, in the
+    event loop that uses it.
     """
 
-    def __init__(self, *, url: str, prefix: str = "wattwise:", timeout_s: float = 0.5,
-                 limits_fail_open: bool = False) -> None:
+    def __init__(self, *, url: str, prefix: str = "wattwise:", timeout_s: float = 2.0,
+                 limits_fail_open: bool = False, max_connections: int = 32) -> None:
         self.url = url
+        self.max_connections = max_connections
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.limits_fail_open = limits_fail_open
@@ -132,9 +137,12 @@ class RedisState:
         if self._client is None:
             import redis.asyncio as aioredis
 
-            self._client = aioredis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
-                                                   socket_connect_timeout=self.timeout_s,
-                                                   decode_responses=True)
+            # A blocking pool: a burst waits for a free connection (a local queue, not Redis being down)
+            # instead of failing once every connection is busy.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=self.max_connections, timeout=POOL_WAIT_FACTOR * self.timeout_s,
+                socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s, decode_responses=True)
+            self._client = aioredis.Redis(connection_pool=pool)
             self._scripts = {key: self._client.register_script(text) for key, text in
                              (("seed", _SEED), ("reserve", _RESERVE), ("settle", _SETTLE), ("hit", _HIT))}
         return self._client
@@ -207,7 +215,7 @@ class RedisState:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)  # the pool was passed in, so not closed by default
 
 
 def _unavailable(exc: BaseException) -> StateUnavailable:

@@ -200,8 +200,9 @@ class InProcessState:
         return None
 
 
-def open_state(url: str) -> SharedState:
-    """The shared state named by ``[state] url``: ``""`` in-process, ``redis://…`` Redis."""
+def open_state(url: str, *, timeout_s: float = 2.0, limits_fail_open: bool = True) -> SharedState:
+    """The shared state named by ``[state] url``: ``""`` in-process, ``redis://…`` Redis (``timeout_s``
+    and ``limits_fail_open``: see :class:`~wattwise.access.redis_state.RedisState`)."""
     if not url:
         return InProcessState()
     if url.startswith(("redis://", "rediss://", "unix://")):
@@ -209,6 +210,6 @@ def open_state(url: str) -> SharedState:
             from wattwise.access.redis_state import RedisState  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise ConfigError(f"[state] url {url!r} needs the Redis state: {exc}", key="state.url") from None
-        state: SharedState = RedisState(url=url)
+        state: SharedState = RedisState(url=url, timeout_s=timeout_s, limits_fail_open=limits_fail_open)
         return state
     raise ConfigError("[state] url must be empty (in-process) or start with redis://", key="state.url")

@@ -43,25 +43,27 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
 
     import uvicorn
 
-    from wattwise.access.auth import check_bind
-    from wattwise.access.control import Access
+    from wattwise.access.auth import Authenticator, check_bind
     from wattwise.api.app import create_app
     from wattwise.build import build_gateway
     from wattwise.config import default_config, load_config
     from wattwise.inprocess import HEADER_TIMEOUT_S, GatewayServer, header_deadline_protocol
+    from wattwise.store.access import AccessStore
+    from wattwise.store.sql import opened
 
     try:
         config = load_config(config_path) if config_path else default_config()
-        gateway = build_gateway(config, config_dir=Path(config_path).parent if config_path else ".")
         # The safe default: no keys and no master key means loopback only (or [auth] mode = "none").
-        access = Access(config=config, store=gateway.store, meter=gateway.meter, environ=os.environ)
-        access.auth.load()
-        check_bind(access.auth, host=host or config.server.host)
+        with opened(config.store.url) as store:
+            auth = Authenticator(store=AccessStore(store=store), auth=config.auth, environ=os.environ)
+            auth.load()
+            check_bind(auth, host=host or config.server.host)
+        gateway = build_gateway(config, config_dir=Path(config_path).parent if config_path else ".")
     except WattwiseError as exc:
         fail(exc)
         return
     # Headers must arrive within 10 s (uvicorn has no such deadline); bodies within read_limited's.
-    settings = uvicorn.Config(create_app(gateway, access=access), host=host or config.server.host,
+    settings = uvicorn.Config(create_app(gateway), host=host or config.server.host,
                               port=port or config.server.port, log_level=log_level, access_log=False,
                               timeout_graceful_shutdown=config.server.shutdown_grace_s,
                               http=header_deadline_protocol(HEADER_TIMEOUT_S))

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -319,7 +320,7 @@ class Judge:
         return self.parse(got.text), got
 
 
-async def run_job(job: LabelJob, *, ask: Ask, judge: Judge, now: Callable[[], float]) -> list[LabelRow]:
+async def run_job(job: LabelJob, *, ask: Ask, judge: Judge, now: Callable[[], float] = time.time) -> list[LabelRow]:
     """Run one label job; its labels (none when the judge's answer has no score).
 
     A shadow job asks ``job.model`` the prompt, then has the judge score that answer; a judge job

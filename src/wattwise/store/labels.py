@@ -126,8 +126,10 @@ class LabelStore:
 
     def add_jobs(self, jobs: Sequence[LabelJob], *, now: float) -> list[str]:
         """Queue jobs (``pending``); returns their ids."""
-        rows = [("lj_" + uuid.uuid4().hex, now, job.kind, _clean(json.dumps(job.to_json(), ensure_ascii=False)))
-                for job in jobs]
+        # Ids sort as queued (time, then place in the call): claims take jobs oldest first.
+        stamp, salt = f"{int(now * 1e6):016x}", uuid.uuid4().hex[:12]
+        rows = [(f"lj_{stamp}{i:06x}{salt}", now, job.kind, _clean(json.dumps(job.to_json(), ensure_ascii=False)))
+                for i, job in enumerate(jobs)]
         with self._tx() as q:
             q.many("INSERT INTO label_jobs (id, created_at, kind, body, state, attempts) "
                    "VALUES (?, ?, ?, ?, 'pending', 0)", rows)

@@ -290,7 +290,7 @@ async def test_metrics_endpoint_counts_by_key(store: TraceStore) -> None:
             from wattwise.request import chat_body
 
             call = gateway.call(chat_body({"model": "cheap", "messages": MSG}), request_id="req_k", tag=None)
-            call.principal = _Principal("key_a")  # type: ignore[attr-defined]
+            call.principal = _Principal("key_a")
             call.principal.team = "search"
             async with call:
                 await call.complete()
@@ -301,4 +301,49 @@ async def test_metrics_endpoint_counts_by_key(store: TraceStore) -> None:
         row = store.get("req_k")
         assert row is not None and (row.key_id, row.team) == ("key_a", "search")
     finally:
+        await gateway.stop()
+
+
+async def test_ownership_with_real_keys(store: TraceStore) -> None:
+    import time
+
+    from wattwise.access.admin import create_key
+    from wattwise.access.control import Access
+    from wattwise.store.access import AccessStore
+
+    master = "ww-test-master"
+    keys = AccessStore(store=store)
+    rec_a, key_a = create_key(keys, {"name": "a", "team": "search"}, secret=master.encode(), actor="t", now=time.time())
+    _, key_b = create_key(keys, {"name": "b"}, secret=master.encode(), actor="t", now=time.time())
+    gateway = _gateway(store)
+    access = Access(config=gateway.config, store=store, meter=gateway.meter, environ={"WATTWISE_MASTER_KEY": master})
+    await gateway.start()
+    await access.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(gateway, access=access))
+        async with httpx.AsyncClient(transport=transport, base_url="http://wattwise") as client:
+            a, b = {"authorization": f"Bearer {key_a}"}, {"authorization": f"Bearer {key_b}"}
+            chat = await client.post("/v1/chat/completions", json={"model": "cheap", "messages": MSG}, headers=a)
+            assert chat.status_code == 200
+            request_id = chat.headers["x-wattwise-request-id"]
+            up = await client.post("/v1/files", files={"file": ("in.jsonl", _batch_line("x"))},
+                                   data={"purpose": "batch"}, headers=a)
+            file_id = up.json()["id"]
+            assert (await client.get(f"/v1/files/{file_id}", headers=b)).status_code == 404
+            assert (await client.get(f"/v1/files/{file_id}", headers=a)).status_code == 200
+            master_view = await client.get(f"/v1/files/{file_id}", headers={"authorization": f"Bearer {master}"})
+            assert master_view.status_code == 200  # the master key administers everything
+            theirs = await client.post("/v1/wattwise/feedback", json={"request_id": request_id, "score": 0.0},
+                                       headers=b)
+            assert theirs.status_code == 404
+            mine = await client.post("/v1/wattwise/feedback", json={"request_id": request_id, "score": 1.0},
+                                     headers=a)
+            assert mine.status_code == 200
+            text = (await client.get("/metrics")).text
+        assert f'wattwise_key_requests_total{{key="{rec_a.id}",status="ok",team="search"}} 1.0' in text
+        gateway.writer.flush()
+        row = store.get(request_id)
+        assert row is not None and (row.key_id, row.team, row.score) == (rec_a.id, "search", 1.0)
+    finally:
+        await access.stop()
         await gateway.stop()

@@ -203,7 +203,7 @@ def trace_record(call: Call, outcome: Outcome | None, *, store_content: bool, la
                  http_status: int, error: str | None, hash_key: bytes) -> TraceRecord:
     decision = outcome.decision if outcome else None
     usage = outcome.usage if outcome else None
-    principal = getattr(call, "principal", None)  # set by access control when keys are configured
+    principal = call.principal  # set by access control when keys are configured
     return TraceRecord(
         id=call.request_id, ts=call.ts, requested_model=call.body.model, tag=call.tag,
         key_id=getattr(principal, "key_id", None), team=getattr(principal, "team", None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -301,3 +302,26 @@ async def test_principal_in_scope_state(url: str) -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=spy), base_url="http://w") as other:
             await other.post("/v1/chat/completions", json={"model": "cheap", "messages": MSG}, headers=bearer(key))
     assert isinstance(seen[0], Principal) and seen[0].key_id == key_id and seen[0].team == "search"
+
+
+async def test_streams_and_proxied_calls_settle_to_their_metered_cost(url: str) -> None:
+    async with stack(url) as (client, gateway, access):
+        key_id, key = await new_key(client, budget_usd="5/day", budget_j="1e6/day")
+        streamed = await client.post("/v1/chat/completions", headers=bearer(key), json={
+            "model": "cheap", "messages": MSG, "stream": True, "max_tokens": 20,
+            "stream_options": {"include_usage": True}})
+        assert streamed.status_code == 200
+        assert streamed.headers["x-wattwise-budget-unknown-energy"] == "refuse"
+        chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+                  if line.startswith("data: {")]
+        metered = [c["wattwise"]["cost_usd"] for c in chunks if "wattwise" in c][-1]
+        assert metered > 0
+        await settled(access)
+        usd, j = AccessStore(store=gateway.store).spent(key_id=key_id)
+        assert usd == pytest.approx(metered) and j > 0
+        refused = await client.post("/v1/chat/completions", headers=bearer(key), json={
+            "model": "dear", "messages": MSG, "stream": True})
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+        gateway.writer.flush()
+        row = gateway.store.get(refused.headers["x-wattwise-request-id"])
+        assert row is not None and row.http_status == 429 and row.key_id == key_id

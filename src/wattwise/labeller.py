@@ -406,3 +406,42 @@ def shipped_outcomes(paths: Sequence[str], *, base_dir: str = ".") -> list[Outco
 
 
 SHIPPED_TRAIN = "builtin:outcomes/routerbench_zs.train.jsonl.gz"
+
+
+def retrain_from_store(url: str, *, out: str, shipped: Sequence[str] = (), aliases: dict[str, str] | None = None,
+                       promote: bool = False, holdout_share: float = 0.2, min_gain: float = 0.0,
+                       min_holdout: int = 20, train: Train | None = None) -> dict[str, Any]:
+    """``wattwise train --store``: a candidate from the store's labels plus ``shipped`` outcomes files,
+    compared with the router the store serves (its newest promoted one, else the shipped router).
+
+    The candidate is written to ``out`` either way; with ``promote`` it is also recorded in the store
+    (promoted only if it won), where gateways with ``[flywheel] resume`` pick it up. Returns a summary.
+    """
+    from wattwise.store.sql import opened
+
+    with opened(url) as store:
+        queue = LabelStore(store=store)
+        latest = queue.latest_promoted()
+        serving = Router.from_json(json.loads(latest.body), source=f"router {latest.version} in the store") \
+            if latest else Router.default()
+        labels = queue.labels()
+        promotion = retrain(serving=serving, labels=labels, shipped=shipped_outcomes(shipped),
+                            holdout_share=holdout_share, aliases=aliases, min_gain=min_gain,
+                            min_holdout=min_holdout, train=train)
+        candidate = promotion.candidate
+        candidate.save(out)
+        version = router_version(candidate)
+        if promote:
+            queue.add_router(RouterRow(version=version, created_at=time.time(), promoted=promotion.promoted,
+                                       serving_score=promotion.serving_score,
+                                       candidate_score=promotion.candidate_score, detail=promotion.detail,
+                                       body=json.dumps(candidate.to_json(), separators=(",", ":"))))
+    return {"out": out, "version": version, "serving_version": router_version(serving),
+            "labels": len(labels), "promoted": promotion.promoted, "recorded": promote,
+            "serving_score": _finite_or_none(promotion.serving_score),
+            "candidate_score": _finite_or_none(promotion.candidate_score),
+            "train_rows": promotion.train_rows, "holdout_rows": promotion.holdout_rows, "detail": promotion.detail}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if value == value and abs(value) != float("inf") else None

@@ -26,14 +26,24 @@ def _fail(exc: WattwiseError) -> None:
 
 
 @click.command("train")
-@click.argument("outcomes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("outcomes", nargs=-1, required=False, type=click.Path(dir_okay=False))
 @click.option(
     "--out", "out", required=True, type=click.Path(dir_okay=False), help="router JSON file to write"
 )
 @click.option("--max-vocab", default=4096, show_default=True, help="n-gram vocabulary size")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def train_command(outcomes: tuple[str, ...], out: str, max_vocab: int, as_json: bool) -> None:
-    """Train a router on OUTCOMES files and write it to --out."""
+@click.option("--store", "store_url", help="also train on this trace store's flywheel labels (judge, shadow, "
+              "feedback) and compare with the router it serves, on the newest labels")
+@click.option("--promote", is_flag=True, help="with --store: record the candidate there (promoted if it won)")
+@click.option("--alias", "aliases", multiple=True, help="with --store: NAME=TRAINED_AS (a model's name in OUTCOMES)")
+def train_command(outcomes: tuple[str, ...], out: str, max_vocab: int, as_json: bool,
+                  store_url: str | None = None, promote: bool = False, aliases: tuple[str, ...] = ()) -> None:
+    """Train a router on OUTCOMES files and write it to --out (with --store: plus the store's labels)."""
+    if store_url is not None:
+        _train_from_store(store_url, outcomes=outcomes, out=out, promote=promote, aliases=aliases, as_json=as_json)
+        return
+    if not outcomes:
+        raise click.UsageError("give OUTCOMES files, or --store")
     from tqdm import tqdm
 
     from wattwise.outcomes import load_outcomes
@@ -133,3 +143,22 @@ def render(report: dict[str, Any]) -> str:
     c = report["calibration"]
     lines.append(f"\ncalibration: ECE {c['ece']:.4f}, log loss {c['log_loss']:.4f}, Brier {c['brier']:.4f}")
     return "\n".join(lines)
+
+
+def _train_from_store(store_url: str, *, outcomes: tuple[str, ...], out: str, promote: bool,
+                      aliases: tuple[str, ...], as_json: bool) -> None:
+    """``train --store``: OUTCOMES (the shipped training set when none) plus the store's labels."""
+    from wattwise.labeller import retrain_from_store
+
+    if any("=" not in a for a in aliases):
+        raise click.UsageError("--alias takes NAME=TRAINED_AS")
+    try:
+        summary = retrain_from_store(store_url, out=out, shipped=outcomes, promote=promote,
+                                     aliases=dict(a.split("=", 1) for a in aliases))
+    except WattwiseError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"wrote {out} ({summary['version']}) from {summary['labels']} labels: {summary['detail']}"
+                   + ("; recorded in the store" if promote else ""))

@@ -243,3 +243,28 @@ async def test_redis_down_is_a_503_never_a_500(pg_url: str) -> None:
                 assert error["type"] == "server_error" and error["code"] == "state_unavailable"
                 assert response.headers["retry-after"] == "1"
                 assert response.headers["x-wattwise-request-id"].startswith("req_")
+
+
+async def test_a_lost_bucket_is_seeded_again_keeping_reservations(redis_prefix: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.asyncio as aioredis
+
+    from wattwise.access import redis_state
+
+    monkeypatch.setattr(redis_state, "KNOWN_TTL_S", 0.05)
+    state = RedisState(url=REDIS_BASE, prefix=redis_prefix)
+    raw = aioredis.Redis.from_url(REDIS_BASE)
+    try:
+        assert await state.seed("b", used=2.0, expires_at=None)
+        assert await state.known("b")
+        await raw.delete(f"{redis_prefix}b:b")  # Redis restarted empty, or evicted the bucket
+        assert await state.known("b")  # still taken as held, for KNOWN_TTL_S
+        assert (await state.reserve("b", amount=1.0, limit=10.0, expires_at=None)).ok
+        await asyncio.sleep(0.06)
+        assert not await state.known("b")  # made by reserve, never seeded: the next request seeds it
+        assert await state.seed("b", used=2.5, expires_at=None)  # the store's figure is added
+        assert await state.usage("b") == (2.5, 1.0)
+        assert await state.known("b") and not await state.seed("b", used=9.0, expires_at=None)
+    finally:
+        await raw.aclose()
+        await state.aclose()

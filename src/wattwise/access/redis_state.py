@@ -16,8 +16,11 @@ allowed, logged once per ``LOG_EVERY_S``) or closed (the same 503). A
 settlement that cannot be written leaves its reservation counted until the period ends (the safe
 side: the budget looks more used, never less) and is logged.
 
-Keys are ``{prefix}b:{bucket}`` (a hash: ``used``, ``reserved``; expires with its period) and
-``{prefix}w:{window}`` (a hash: ``start``, ``count``; expires after two windows).
+Keys are ``{prefix}b:{bucket}`` (a hash: ``used``, ``reserved``, ``seeded``; expires with its period)
+and ``{prefix}w:{window}`` (a hash: ``start``, ``count``; expires after two windows). A bucket known
+to be seeded is not asked about again for ``KNOWN_TTL_S`` (one round trip fewer per request); if
+Redis lost it meanwhile, the reservations made then start a bucket without ``seeded``, which the
+next request seeds from the store (adding, never overwriting: nothing reserved is forgotten).
 
 Usage::
 
@@ -40,13 +43,21 @@ from wattwise.exceptions import WattwiseError
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0
+KNOWN_TTL_S = 1.0  # how long a bucket Redis said it holds is taken as held without asking again
+KNOWN_MAX = 10_000
 POOL_WAIT_FACTOR = 10  # how many timeouts a request may wait for one of the pool's connections
 
 # Lua numbers are doubles; a Lua number in a reply is truncated to an integer, so figures go back as
 # strings ('%.17g' round-trips a double exactly).
+# A bucket made by seed() carries 'seeded'. One that reserve() had to make (Redis lost it: restart,
+# eviction) lacks it, so known() says no and the next request seeds it: the store's figure is added
+# to what was reserved and settled meanwhile (counted twice for those requests: the safe side).
 _SEED = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'used', ARGV[1], 'reserved', '0')
+if redis.call('HEXISTS', KEYS[1], 'seeded') == 1 then return 0 end
+local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0') + tonumber(ARGV[1])
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+redis.call('HSET', KEYS[1], 'used', string.format('%.17g', used), 'seeded', '1')
+if fresh then redis.call('HSET', KEYS[1], 'reserved', '0') end
 if ARGV[2] ~= '' then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
 return 1
 """
@@ -132,6 +143,8 @@ class RedisState:
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._logged_at = -math.inf
+        # bucket → until when (monotonic) it is taken as seeded: saves a round trip on most requests
+        self._known: dict[str, float] = {}
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -172,7 +185,15 @@ class RedisState:
         return bool(int(await self._run("seed", self._bucket(bucket), used, _expiry(expires_at))))
 
     async def known(self, bucket: str) -> bool:
-        return bool(int(await self._call("exists", self._bucket(bucket))))
+        now = time.monotonic()
+        if self._known.get(bucket, -math.inf) > now:
+            return True
+        seeded = bool(int(await self._call("hexists", self._bucket(bucket), "seeded")))
+        if seeded:
+            if len(self._known) >= KNOWN_MAX:
+                self._known = {k: t for k, t in self._known.items() if t > now}
+            self._known[bucket] = now + KNOWN_TTL_S
+        return seeded
 
     async def reserve(self, bucket: str, *, amount: float, limit: float,
                       expires_at: float | None) -> Reservation:

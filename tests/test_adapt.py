@@ -189,3 +189,14 @@ def test_an_adjusted_cascade_runs_its_own_plan(router: Any) -> None:
     assert decision.execute is not None
     result = asyncio.run(decision.execute(call))
     assert called[0] == "big" and result.model == "big"
+
+
+def test_stream_dial_feedback_corrects_optimistic_estimates() -> None:
+    estimates = [est("small", 0.95, 0.1), est("big", 0.96, 1.0)]
+    trusting, corrected = StreamDial(target=0.9, lam0=1.0), StreamDial(target=0.9, lam0=1.0)
+    for _ in range(200):
+        trusting.update(estimates, "small")
+        corrected.observe(0.95, 0.5)  # the picks are judged far worse than expected
+        corrected.update(estimates, "small")
+    assert corrected.bias < -0.3
+    assert corrected.cost_weight < 1.0 < trusting.cost_weight

@@ -35,7 +35,7 @@ def plot_flysim(report: dict[str, Any], path: str | Path) -> None:
         top.plot(x, [p["oracle_quality"] for p in points], "-", color="gold", label="oracle")
         top.set_ylabel("quality (mean score per window)")
         top.grid(True, alpha=0.3)
-        top.legend(fontsize=8, loc="lower right")
+        top.legend(fontsize=7, loc="lower center", ncol=3)
         serving = [p["cost_usd"] / k for p, k in zip(points, n, strict=True)]
         total = [(p["cost_usd"] + p["labelling_usd"]) / k for p, k in zip(points, n, strict=True)]
         bottom.plot(x, total, "o-", color="tab:red", label="flywheel: serving + labelling")

@@ -218,7 +218,7 @@ class StreamDial:
     """
 
     def __init__(self, *, target: float, lam0: float = 0.5, gain: float = 0.5, memory: float = 200.0,
-                 lo: float = 1e-3, hi: float = 100.0) -> None:
+                 lo: float = 1e-3, hi: float = 100.0, bias_memory: float = 100.0) -> None:
         if not 0.0 < target <= 1.0:
             raise InvalidRequest(f"quality_target must be in (0, 1], got {target!r}", param="quality_target")
         self.target = target
@@ -227,7 +227,15 @@ class StreamDial:
         self.keep = 0.5 ** (1.0 / memory)
         self.lo, self.hi = lo, hi
         self.sum = 0.0
+        self.bias = 0.0
+        self.bias_keep = 0.5 ** (1.0 / bias_memory)
         self._means: dict[str, tuple[float, int]] = {}
+
+    def observe(self, expected: float, judged: float) -> None:
+        """A served answer's judged score against the quality it was expected to have: their running
+        difference (``bias``, half-life ``bias_memory`` judgements) corrects every later gap, so
+        estimates that run optimistic for the picks do not hold the stream below target."""
+        self.bias = self.bias * self.bias_keep + (1.0 - self.bias_keep) * (judged - expected)
 
     @property
     def cost_weight(self) -> float:
@@ -241,7 +249,7 @@ class StreamDial:
         quality = {e.name: e.quality for e in estimates}
         if picked not in quality or best not in quality:
             return
-        gap = quality[picked] - self.target * quality[best]
+        gap = quality[picked] + self.bias - self.target * quality[best]
         self.sum = self.sum * self.keep + gap
         # keep λ's state inside its clamp, so a long surplus does not take as long to unwind
         limit = math.log(self.hi / self.lam0) / self.gain

@@ -67,17 +67,20 @@ class SimConfig:
     judge_model: str | None = None  # None: the file's best single model
     judge_noise: float = 0.0
     judge_share: float = 0.2
-    shadow_share: float = 0.05
+    shadow_share: float = 0.5
     shadow_models: tuple[str, ...] | None = None
-    budget_usd_per_day: float = 1.0
+    budget_usd_per_day: float = 3.0
     days: float = 1.0
-    retrain_every: int = 300
+    retrain_every: int = 400
     holdout_share: float = 0.2
     strength: float = 5.0
     pessimism: float = 1.0  # z: the posterior's lower bound steers the choice (see AppPosterior)
     label_cap: int | None = 40  # labels per (application, model) after which it is not shadowed
-    judge_cap: int | None = 120  # ... after which its served answers are not judged either
+    judge_cap: int | None = 150  # ... after which its served answers are not judged either
     adapt: bool = True
+    feedback: bool = True  # the dial corrects its estimates with the served answers' judged scores
+    dial_gain: float = 0.5  # StreamDial: λ's response to the summed quality gap ...
+    dial_memory: float = 200.0  # ... and that sum's half-life in requests
     app_field: str = "task"  # the outcomes field standing in for the application key
     window: int = 50
     seed: int = 0
@@ -206,8 +209,9 @@ async def _simulate(rows: Sequence[Outcome], *, router: Router, shipped: Sequenc
     best = _best_single(table, order)
     replay = Replay(table, judge_model=config.judge_model or best, noise=config.judge_noise, seed=config.seed)
     posterior = AppPosterior(strength=config.strength, pessimism=config.pessimism) if config.adapt else None
-    flywheel = Arm(router=router, dial=StreamDial(target=config.quality_target), posterior=posterior)
-    static = Arm(router=router, dial=StreamDial(target=config.quality_target), posterior=None)
+    dial = partial(StreamDial, target=config.quality_target, gain=config.dial_gain, memory=config.dial_memory)
+    flywheel = Arm(router=router, dial=dial(), posterior=posterior)
+    static = Arm(router=router, dial=dial(), posterior=None)
     plan = LabelPlan(config=LabelConfig(judge_model=replay.judge_model, judge_share=config.judge_share,
                                         shadow_share=config.shadow_share, shadow_models=config.shadow_models,
                                         seed=config.seed))
@@ -242,6 +246,8 @@ async def _simulate(rows: Sequence[Outcome], *, router: Router, shipped: Sequenc
             for row in await run_job(job, ask=replay.ask_for(pid, job), judge=judge, now=partial(float, now)):
                 labels.append(row)
                 since_retrain += 1
+                if config.feedback and row.source == "judge" and row.model == model:
+                    flywheel.dial.observe(expected, row.score)
                 if posterior is not None:
                     posterior.add(row)
         if config.retrain_every and since_retrain >= config.retrain_every:

@@ -42,7 +42,7 @@ from wattwise.exceptions import WattwiseError
               help="choose on the posterior mean less this many standard errors")
 @click.option("--label-cap", default=40, show_default=True, type=int,
               help="labels per (app, model) before shadowing stops (0: no cap)")
-@click.option("--judge-cap", default=0, show_default=True, type=int,
+@click.option("--judge-cap", default=150, show_default=True, type=int,
               help="labels per (app, model) before served answers stop being judged (0: no cap)")
 @click.option("--no-adapt", is_flag=True, help="per-application adaptation off (retraining only)")
 @click.option("--app-field", default="task", show_default=True, type=click.Choice(["task", "model"]),

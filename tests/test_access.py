@@ -152,6 +152,10 @@ async def test_a_model_the_key_may_not_use_is_403_naming_it(url: str) -> None:
         assert (await chat(client, key, model="auto:utility")).status_code == 200
         proxied = await client.post("/v1/embeddings", json={"model": "dear", "input": "x"}, headers=bearer(key))
         assert proxied.status_code == 403
+        listed = (await client.get("/v1/models", headers=bearer(key))).json()["data"]
+        assert [m["id"] for m in listed] == ["cheap", "auto"]
+        assert (await client.get("/v1/models/dear", headers=bearer(key))).status_code == 404
+        assert len((await client.get("/v1/models", headers=ADMIN)).json()["data"]) == 3
 
 
 async def test_rate_limits_send_openai_headers_and_retry_after(url: str) -> None:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from wattwise.access.control import Access
 from wattwise.access.gate import AccessGate
+from wattwise.access.principal import Principal
 from wattwise.access.routes import ADMIN_ROUTES, govern
 from wattwise.api.batch import BATCH_ROUTES
 from wattwise.api.body import read_json
@@ -205,16 +206,22 @@ def _model_object(gateway: Gateway, name: str) -> dict[str, Any]:
             "wattwise": gateway.backends[name].describe()}
 
 
+def _may_use(request: Request, name: str) -> bool:
+    """Whether the request's key may use the model (a key's ``models`` list; no key: any)."""
+    principal = request.scope.get("state", {}).get("principal")
+    return not isinstance(principal, Principal) or principal.settings.allows(name)
+
+
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    data = [_model_object(gateway, name) for name in [*gateway.backends, "auto"]]
+    data = [_model_object(gateway, name) for name in [*gateway.backends, "auto"] if _may_use(request, name)]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     name = request.path_params["model"]
-    if name != "auto" and name not in gateway.backends:
+    if (name != "auto" and name not in gateway.backends) or not _may_use(request, name):
         raise ModelNotFound(f"The model '{name}' does not exist; see GET /v1/models", param="model")
     return JSONResponse(_model_object(gateway, name))
 

@@ -410,6 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
                         help="Redis for the wattwise-redis leg (left out when none answers)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--save", metavar="PATH", help="also write the JSON object to PATH")
     return parser.parse_args(argv)
 
 
@@ -423,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = run(args)
     summary = render_table(results)
+    if args.save:
+        Path(args.save).write_text(json.dumps(summary["json"], indent=2) + "\n")
     if args.json:
         print(json.dumps(summary["json"], indent=2))
     else:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,13 @@ def _spend_rows(url: str) -> list[tuple[Any, ...]]:
         cur = store.conn.cursor()
         cur.execute("SELECT request_id, state, usd FROM spend ORDER BY ts")
         return [tuple(row) for row in cur.fetchall()]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
 
 
 def test_kill9_mid_request_keeps_its_worst_case(store_url: str, tmp_path: Path,
@@ -54,12 +62,11 @@ def test_kill9_mid_request_keeps_its_worst_case(store_url: str, tmp_path: Path,
             with contextlib.suppress(httpx.HTTPError):  # the server dies under it
                 httpx.post(server.base + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 
+        # The answer leaves before its settlement is written: wait for it, then for the second reservation.
+        wait_for(lambda: [state for _, state, _ in _spend_rows(store_url)] == ["settled"])
         thread = threading.Thread(target=doomed)
         thread.start()
-        deadline = time.monotonic() + 10
-        while not any(state == "reserved" for _, state, _ in _spend_rows(store_url)):
-            assert time.monotonic() < deadline, "the second request was never reserved"
-            time.sleep(0.02)
+        wait_for(lambda: [state for _, state, _ in _spend_rows(store_url)] == ["settled", "reserved"])
         server.kill9()
         thread.join(timeout=30)
     finally:

@@ -250,10 +250,11 @@ async def test_team_budgets_bind_every_key_of_the_team(url: str) -> None:
         return config.model_copy(update={"budgets": BudgetsConfig(teams={"search": TeamBudgetConfig(usd="0/day")})})
 
     async with stack(url, edit=teams) as (client, _, _access):
-        _, key = await new_key(client, team="search")
+        _, key = await new_key(client, team="search", rpm=10)
         _, other = await new_key(client, team="ads")
         refused = await chat(client, key)
         assert refused.status_code == 429 and "team search budget" in refused.json()["error"]["message"]
+        assert refused.headers["x-ratelimit-remaining-requests"] == "9"  # where the rate limits stand
         assert (await chat(client, other)).status_code == 200
 
 

@@ -62,6 +62,7 @@ def test_keys_commands_round_trip(tmp_path: Any) -> None:
 
     with opened(store) as s:
         assert [row["action"] for row in AccessStore(store=s).audit_log()] == ["revoke", "update", "create", "create"]
+        assert all(row["actor"].startswith("cli") for row in AccessStore(store=s).audit_log())
 
 
 def test_keys_commands_need_the_master_key(tmp_path: Any) -> None:

@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
@@ -29,6 +30,14 @@ from wattwise.config import AuthConfig, Config, load_config
 from wattwise.exceptions import WattwiseError
 from wattwise.store.access import AccessStore
 from wattwise.store.sql import opened
+
+
+def _actor() -> str:
+    """Who ran the command, for the audit log (``cli:<login>``)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
 
 
 def _fail(exc: WattwiseError) -> None:
@@ -125,7 +134,7 @@ def create(store_url: str | None, config_path: str | None, as_json: bool, **valu
     """Create a key and print it (shown once; only its keyed hash is stored)."""
     try:
         with _access(store_url, config_path) as (store, _, secret):
-            record, key = admin.create_key(store, _spec(values), secret=secret, actor="cli", now=time.time())
+            record, key = admin.create_key(store, _spec(values), secret=secret, actor=_actor(), now=time.time())
     except WattwiseError as exc:
         _fail(exc)
         return
@@ -181,7 +190,7 @@ def update(key_id: str, store_url: str | None, config_path: str | None, as_json:
     """Change a key's settings (only the options given)."""
     try:
         with _access(store_url, config_path) as (store, _, _secret):
-            record = admin.update_key(store, key_id, _spec(values), actor="cli", now=time.time())
+            record = admin.update_key(store, key_id, _spec(values), actor=_actor(), now=time.time())
     except WattwiseError as exc:
         _fail(exc)
         return
@@ -195,7 +204,7 @@ def revoke(key_id: str, store_url: str | None, config_path: str | None, as_json:
     """Revoke a key: refused from the next key refresh on (``[auth] refresh_s``)."""
     try:
         with _access(store_url, config_path) as (store, _, _secret):
-            record = admin.revoke_key(store, key_id, actor="cli", now=time.time())
+            record = admin.revoke_key(store, key_id, actor=_actor(), now=time.time())
     except WattwiseError as exc:
         _fail(exc)
         return

@@ -34,7 +34,7 @@ from wattwise.access.principal import Principal
 from wattwise.access.state import SharedState, open_state
 from wattwise.call import Call, Meter
 from wattwise.config import Config
-from wattwise.exceptions import PermissionDenied
+from wattwise.exceptions import PermissionDenied, QuotaExceeded
 from wattwise.store.access import AccessStore
 from wattwise.store.sql import TraceStore
 
@@ -91,8 +91,12 @@ class Access:
         self._apply_defaults(call, principal)
         input_bound, output = self._tokens(call)
         headers = await self.limiter.admit(principal, model=model, tokens=math.ceil(input_bound / 4) + output)
-        ticket = await self.budgeter.reserve(principal, request_id=call.request_id,
-                                             worst=self.worst(model, input_tokens=input_bound, output_tokens=output))
+        worst = self.worst(model, input_tokens=input_bound, output_tokens=output)
+        try:
+            ticket = await self.budgeter.reserve(principal, request_id=call.request_id, worst=worst)
+        except QuotaExceeded as exc:
+            exc.headers = {**headers, **exc.headers}  # the refusal still says where the rate limits stand
+            raise
         if ticket is not None:
             call.on_close = lambda ended: self._settle(ticket, ended)
             units = {bucket.budget.unit for bucket, _ in ticket.taken}

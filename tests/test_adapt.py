@@ -200,3 +200,13 @@ def test_stream_dial_feedback_corrects_optimistic_estimates() -> None:
         corrected.update(estimates, "small")
     assert corrected.bias < -0.3
     assert corrected.cost_weight < 1.0 < trusting.cost_weight
+
+
+def test_stream_dial_reads_the_best_model_from_the_reference() -> None:
+    bounds = [est("small", 0.85, 0.1), est("big", 0.88, 1.0)]
+    means = [est("small", 0.9, 0.1), est("big", 0.99, 1.0)]
+    on_bounds, on_means = StreamDial(target=0.95, lam0=1.0), StreamDial(target=0.95, lam0=1.0)
+    for _ in range(100):
+        on_bounds.update(bounds, "small")
+        on_means.update(bounds, "small", reference=means)
+    assert on_means.cost_weight < 1.0 < on_bounds.cost_weight  # 0.85 < 0.95 x 0.99, but > 0.95 x 0.88

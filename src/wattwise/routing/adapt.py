@@ -131,12 +131,15 @@ class AppPosterior:
         return self.cell(app, model).shrink(prior, self.strength)
 
     def adjust(
-        self, app: str | None, estimates: Sequence[Estimate], *, names: Mapping[str, str] | None = None
+        self, app: str | None, estimates: Sequence[Estimate], *, names: Mapping[str, str] | None = None,
+        pessimism: float | None = None,
     ) -> list[Estimate]:
         """The estimates with quality moved toward what ``app``'s labels say; unchanged without labels.
 
-        ``names`` maps a candidate name to the name its labels are recorded under, when they differ.
+        ``names`` maps a candidate name to the name its labels are recorded under, when they differ;
+        ``pessimism`` overrides the posterior's own z for this call.
         """
+        z = self.pessimism if pessimism is None else pessimism
         if app is None:
             return list(estimates)
         with self._lock:
@@ -147,7 +150,7 @@ class AppPosterior:
         for e in estimates:
             cell = per.get((names or {}).get(e.name, e.name))
             if cell is not None:
-                e = replace(e, quality=cell.shrink(e.quality, self.strength, self.pessimism))
+                e = replace(e, quality=cell.shrink(e.quality, self.strength, z))
             out.append(e)
         return out
 
@@ -241,15 +244,20 @@ class StreamDial:
     def cost_weight(self) -> float:
         return float(min(self.hi, max(self.lo, self.lam0 * math.exp(self.gain * self.sum))))
 
-    def update(self, estimates: Sequence[Estimate], picked: str) -> None:
-        for e in estimates:
+    def update(self, estimates: Sequence[Estimate], picked: str, *,
+               reference: Sequence[Estimate] | None = None) -> None:
+        """Count one decision: ``picked`` among ``estimates``; the best single model's quality is read
+        from ``reference`` when given (posterior means, while the choice used lower bounds)."""
+        ref = list(reference) if reference is not None else list(estimates)
+        for e in ref:
             total, n = self._means.get(e.name, (0.0, 0))
             self._means[e.name] = (total + e.quality, n + 1)
         best = max(self._means, key=lambda m: self._means[m][0] / self._means[m][1])
-        quality = {e.name: e.quality for e in estimates}
-        if picked not in quality or best not in quality:
+        chosen = {e.name: e.quality for e in estimates}.get(picked)
+        top = {e.name: e.quality for e in ref}.get(best)
+        if chosen is None or top is None:
             return
-        gap = quality[picked] + self.bias - self.target * quality[best]
+        gap = chosen + self.bias - self.target * top
         self.sum = self.sum * self.keep + gap
         # keep λ's state inside its clamp, so a long surplus does not take as long to unwind
         limit = math.log(self.hi / self.lam0) / self.gain

@@ -78,6 +78,7 @@ class SimConfig:
     label_cap: int | None = 40  # labels per (application, model) after which it is not shadowed
     judge_cap: int | None = 150  # ... after which its served answers are not judged either
     adapt: bool = True
+    mean_reference: bool = True  # the dial's target is τ × the best model's posterior mean (not its bound)
     feedback: bool = True  # the dial corrects its estimates with the served answers' judged scores
     dial_gain: float = 0.5  # StreamDial: λ's response to the summed quality gap ...
     dial_memory: float = 200.0  # ... and that sum's half-life in requests
@@ -167,18 +168,21 @@ def _best_single(table: dict[str, dict[str, Outcome]], pids: Sequence[str]) -> s
 class Arm:
     """One routing arm of the simulation: a router, a dial and (for the flywheel arm) a posterior."""
 
-    def __init__(self, *, router: Router, dial: StreamDial, posterior: AppPosterior | None) -> None:
+    def __init__(self, *, router: Router, dial: StreamDial, posterior: AppPosterior | None,
+                 mean_reference: bool = True) -> None:
+        self.mean_reference = mean_reference  # the dial's best-model quality: posterior mean, not bound
         self.router = router
         self.dial = dial
         self.posterior = posterior
 
     def pick(self, prompt: str, app: str, candidates: Sequence[Candidate]) -> tuple[str, float]:
         """The model chosen for the prompt and its expected quality."""
-        estimates = self.router.estimate(prompt, candidates)
+        estimates = reference = self.router.estimate(prompt, candidates)
         if self.posterior is not None:
+            reference = self.posterior.adjust(app, estimates, pessimism=0.0 if self.mean_reference else None)
             estimates = self.posterior.adjust(app, estimates)
         decision = self.router.decide(estimates, policy="utility", cost_weight=self.dial.cost_weight)
-        self.dial.update(estimates, decision.model)
+        self.dial.update(estimates, decision.model, reference=reference)
         return decision.model, next(e.quality for e in estimates if e.name == decision.model)
 
 
@@ -210,7 +214,7 @@ async def _simulate(rows: Sequence[Outcome], *, router: Router, shipped: Sequenc
     replay = Replay(table, judge_model=config.judge_model or best, noise=config.judge_noise, seed=config.seed)
     posterior = AppPosterior(strength=config.strength, pessimism=config.pessimism) if config.adapt else None
     dial = partial(StreamDial, target=config.quality_target, gain=config.dial_gain, memory=config.dial_memory)
-    flywheel = Arm(router=router, dial=dial(), posterior=posterior)
+    flywheel = Arm(router=router, dial=dial(), posterior=posterior, mean_reference=config.mean_reference)
     static = Arm(router=router, dial=dial(), posterior=None)
     plan = LabelPlan(config=LabelConfig(judge_model=replay.judge_model, judge_share=config.judge_share,
                                         shadow_share=config.shadow_share, shadow_models=config.shadow_models,

@@ -130,6 +130,7 @@ class Flywheel:
         self._beat_at = 0.0
         self._retraining: asyncio.Task[Promotion | None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -194,6 +195,7 @@ class Flywheel:
     async def start(self) -> None:
         if self._loop_task is not None:
             return
+        self._stopping = False
         day = (time.time() // DAY_S) * DAY_S
         usd, joules = await self._db(partial(self.queue.spent, since=day))
         self.budget.spend(usd=usd, joules=joules, now=time.time())  # what earlier runs spent today
@@ -206,9 +208,11 @@ class Flywheel:
         """Stop claiming; write queued jobs; let running jobs finish for ``[batch] drain_s``, then hand back."""
         if self._loop_task is None:
             return
-        self._loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._loop_task
+        # Asked to stop, not cancelled: the loop ends after its current round (a cancel arriving as
+        # wait_for's timeout fired could be swallowed and leave the loop running).
+        self._stopping = True
+        self._wake.set()
+        await self._loop_task
         self._loop_task = None
         if self._retraining is not None:
             self._retraining.cancel()
@@ -224,13 +228,14 @@ class Flywheel:
 
     async def _loop(self) -> None:
         interval = min(self.config.poll_interval_s, self.config.lease_s / 3)
-        while True:
+        while not self._stopping:
             try:
                 await self.tick()
             except Exception:
                 log.exception("flywheel tick failed; retrying")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def flush(self) -> int:
@@ -360,7 +365,8 @@ class Flywheel:
             log.warning("flywheel: the gateway's router is not a trained router; nothing to retrain")
             return None
         count = await self._db(self.queue.count)
-        promotion = await self._db(partial(self._retrain, serving))
+        # Abandoned, not awaited, when the gateway stops: a stop must not wait out a training run.
+        promotion = await anyio.to_thread.run_sync(partial(self._retrain, serving), abandon_on_cancel=True)
         self._label_count = count
         self.promotions.append(promotion)
         if promotion.promoted:

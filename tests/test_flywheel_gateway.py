@@ -14,7 +14,7 @@ import pytest
 
 from wattwise.backends.base import ChatRequest, Completion
 from wattwise.backends.mock import MockBackend
-from wattwise.config import BatchConfig, Config, FlywheelConfig, ModelConfig, PriceConfig, StoreConfig
+from wattwise.config import BatchConfig, Config, FlywheelConfig, ModelConfig, PriceConfig, RouterConfig, StoreConfig
 from wattwise.exceptions import ConfigError
 from wattwise.gateway import Gateway
 from wattwise.labeller import Flywheel
@@ -264,3 +264,22 @@ def test_judge_and_shadow_models_must_be_configured(tmp_path: Path, serving: Rou
     with pytest.raises(ConfigError, match=r"flywheel\.judge_model"):
         build(store, config, asyncio.Event(), serving)
     store.close()
+
+
+def test_build_gateway_attaches_the_flywheel(tmp_path: Path, serving: Router) -> None:
+    from wattwise.build import build_gateway
+
+    serving.save(tmp_path / "router.json")
+    config = config_for(f"sqlite:///{tmp_path}/t.db").model_copy(
+        update={"router": RouterConfig(path="router.json")})
+    gateway = build_gateway(config, config_dir=tmp_path)
+    try:
+        flywheel = gateway.services[0]
+        assert isinstance(flywheel, Flywheel) and gateway.recorder.on_record == flywheel.offer
+        assert picker_version(gateway) == router_version(serving)
+        assert set(flywheel.candidates()) == {"small", "big", "judge", "slow"}  # every configured model
+    finally:
+        gateway.store.close()
+    off = build_gateway(config.model_copy(update={"flywheel": FlywheelConfig()}), config_dir=tmp_path)
+    assert off.services == [] and off.recorder.on_record is None
+    off.store.close()

@@ -205,6 +205,8 @@ def test_label_jobs_lease_and_fence(store: TraceStore) -> None:
     assert queue.counts() == {"done": 1, "failed": 1, "running": 1}
     assert queue.release(owner="b") == 1 and queue.counts()["pending"] == 1
     assert queue.count() == 1 and queue.count(since=17.0) == 0
+    assert queue.purge(before=17.5) == 1 and queue.counts() == {"failed": 1, "pending": 1}
+    assert queue.labels() == [row]  # a purged job's labels stay
 
 
 def test_labels_include_feedback_on_served_requests(store: TraceStore) -> None:

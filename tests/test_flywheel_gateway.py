@@ -293,3 +293,30 @@ def test_build_gateway_attaches_the_flywheel(tmp_path: Path, serving: Router) ->
     off = build_gateway(config.model_copy(update={"flywheel": FlywheelConfig()}), config_dir=tmp_path)
     assert off.services == [] and off.recorder.on_record is None
     off.store.close()
+
+
+def test_a_streamed_answer_is_judged_as_streamed(tmp_path: Path, serving: Router) -> None:
+    asyncio.run(_streamed(f"sqlite:///{tmp_path}/t.db", serving))
+
+
+async def _streamed(url: str, serving: Router) -> None:
+    store = open_store(url)
+    gate = asyncio.Event()
+    gateway, flywheel = build(store, config_for(url, shadow_share=0.0, retrain_every=0), gate, serving)
+    judge = gateway.backends["judge"]
+    assert isinstance(judge, JudgeBackend)
+    await gateway.start()
+    try:
+        body = ChatBody.model_validate({"model": "small", "stream": True,
+                                        "messages": [{"role": "user", "content": chat(3)}]})
+        async with gateway.call(body, request_id="s1", tag="app-7") as call:
+            parts = [event.delta async for event in call.stream() if event.delta]
+        assert "".join(parts) == chat(3)  # small echoes
+        await until(lambda: flywheel.labelled == 1)
+    finally:
+        await gateway.stop()
+    assert chat(3) in judge.calls[-1].last_user_text().partition("[Answer]")[2]
+    store = open_store(url)
+    rows = LabelStore(store=store).labels()
+    store.close()
+    assert [(r.model, r.score, r.source, r.app, r.request_id) for r in rows] == [("small", 0.8, "judge", "app-7", "s1")]

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from wattwise.gateway import Gateway
 
 log = logging.getLogger(__name__)
+JOB_KEEP_S = 7 * DAY_S  # finished label jobs are kept this long (their labels for good)
 
 
 def label_config(config: FlywheelConfig) -> LabelConfig:
@@ -338,6 +339,7 @@ class Flywheel:
         return {name: spec.trained_as for name, spec in self.gateway.config.models.items() if spec.trained_as}
 
     async def _maybe_retrain(self) -> None:
+        await self._db(partial(self.queue.purge, before=time.time() - JOB_KEEP_S))
         if self.config.resume:
             await self.follow()
         if self.config.retrain_every <= 0 or self._retraining is not None:

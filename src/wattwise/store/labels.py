@@ -177,6 +177,12 @@ class LabelStore:
             return q.run("UPDATE label_jobs SET state = 'pending', lease_until = NULL "
                          "WHERE owner = ? AND state = 'running'", (owner,)).rowcount
 
+    def purge(self, *, before: float) -> int:
+        """Delete jobs that ended before ``before`` (their labels stay); returns how many."""
+        with self._tx() as q:
+            return q.run("DELETE FROM label_jobs WHERE state IN ('done', 'failed') AND finished_at < ?",
+                         (before,)).rowcount
+
     def counts(self) -> dict[str, int]:
         """Jobs by state: ``{"pending": 3, "done": 10, ...}``."""
         rows = self._query().run("SELECT state, COUNT(*) FROM label_jobs GROUP BY state").all()

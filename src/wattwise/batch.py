@@ -162,6 +162,7 @@ class BatchRunner:
         self.lost = 0  # results fenced out because the lease had passed to another runner
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._beat_at = 0.0
 
     def in_flight_headroom(self) -> int:
@@ -177,12 +178,17 @@ class BatchRunner:
 
     async def start(self) -> None:
         if self.config.enabled and self._loop_task is None:
+            self._stopping = False
             self._loop_task = asyncio.create_task(self._loop(), name=f"wattwise-batch-{self.owner}")
 
     async def stop(self) -> None:
         """Stop claiming; let running lines finish for ``drain_s``, then cancel and hand back the rest."""
         if self._loop_task is None:
             return
+        # A flag as well as the cancel: on Python 3.11 a cancel that lands as wait_for times out is
+        # lost (it surfaces as TimeoutError), and the loop would go on for ever.
+        self._stopping = True
+        self._wake.set()
         self._loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
@@ -200,7 +206,7 @@ class BatchRunner:
 
     async def _loop(self) -> None:
         interval = min(self.config.poll_interval_s, self.config.lease_s / 3)
-        while True:
+        while not self._stopping:
             try:
                 await self.tick()
             except Exception:

@@ -1,6 +1,7 @@
-"""Decision latency of the shipped router: ``route()`` p50/p99 at 100, 1,000 and 4,000 tokens.
+"""Decision latency of the shipped router: ``route()`` p50/p99 at 100, 1,000, 2,000 and 4,000 tokens.
 
-Peers in the same run, printed as ratios: a pure tokenization pass (the n-gram split alone) and a
+The decision includes the prompt embedding (WordLlama static vectors, head + tail + last part) and
+the n-gram TF-IDF block. Peers in the same run: the embedding alone, a pure n-gram split, and a
 trivial policy (always the first candidate). Budget: 5 ms p99 at 2,000 tokens.
 
 Usage::
@@ -86,6 +87,7 @@ def main() -> None:
         r50, r99 = timed(lambda p=prompt: router.route(p, cands), args.repeats)
         _, c99 = timed(lambda p=prompt: router.route(p, cands, policy="cascade"), args.repeats)
         t50, t99 = timed(lambda p=prompt: ngrams(p), args.repeats)
+        e50, e99 = timed(lambda p=prompt: router.featurizer.embedder.embed(p), args.repeats)
         _, b99 = timed(lambda: cands[0].name, args.repeats)
         rows.append(
             {
@@ -95,23 +97,26 @@ def main() -> None:
                 "cascade_p99_ms": c99,
                 "tokenize_p50_ms": t50,
                 "tokenize_p99_ms": t99,
+                "embed_p50_ms": e50,
+                "embed_p99_ms": e99,
                 "trivial_p99_ms": b99,
                 "route_over_tokenize_p50": r50 / t50 if t50 else None,
             }
         )
     if args.json:
-        print(json.dumps({"models": len(cands), "repeats": args.repeats, "rows": rows}))
+        print(json.dumps({"models": len(cands), "repeats": args.repeats, "version": router.version, "rows": rows}))
         return
     print(f"route() over {len(cands)} candidates, {args.repeats} repeats (ms)")
     print(
         f"{'tokens':>6} {'p50':>7} {'p99':>7} {'cascade p99':>11} {'tokenize p50':>12} "
-        f"{'route/tokenize':>14} {'trivial p99':>11}"
+        f"{'route/tokenize':>14} {'embed p50':>9} {'embed p99':>9} {'trivial p99':>11}"
     )
     for r in rows:
         print(
             f"{r['tokens']:>6} {r['route_p50_ms']:>7.3f} {r['route_p99_ms']:>7.3f} "
             f"{r['cascade_p99_ms']:>11.3f} {r['tokenize_p50_ms']:>12.3f} "
-            f"{r['route_over_tokenize_p50']:>13.2f}x {r['trivial_p99_ms']:>11.4f}"
+            f"{r['route_over_tokenize_p50']:>13.2f}x {r['embed_p50_ms']:>9.3f} {r['embed_p99_ms']:>9.3f} "
+            f"{r['trivial_p99_ms']:>11.4f}"
         )
 
 

@@ -49,7 +49,7 @@ def synthetic(n: int = 120, seed: int = 1) -> list[Outcome]:
 
 @pytest.fixture(scope="module")
 def router() -> Router:
-    return train_router(synthetic(), max_vocab=256)
+    return train_router(synthetic())
 
 
 def cands(*names: str) -> list[Candidate]:
@@ -125,8 +125,9 @@ def test_trained_as_maps_config_names(router: Router) -> None:
 def test_save_load_round_trip_is_json(router: Router, tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     router.save(path)
-    assert json.loads(path.read_text())["format"] == "wattwise-router/1"
+    assert json.loads(path.read_text())["format"] == "wattwise-router/2"
     again = Router.load(path)
+    assert again.version == router.version and len(router.version) == 12
     prompt = CODE.format(a=7, b=8)
     a, b = router.route(prompt, cands("small", "big")), again.route(prompt, cands("small", "big"))
     assert a.model == b.model and a.predicted_quality == pytest.approx(b.predicted_quality, abs=1e-4)

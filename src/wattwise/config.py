@@ -87,6 +87,11 @@ class ModelConfig(_Strict):
     source_model: str | None = None
     trained_as: str | None = None
     reasoning: bool = False
+    # For the router's prior of a model without training data (docs/routing.md): size in billions of
+    # parameters, family name, and a public rating on one scale for all models (e.g. Arena Elo).
+    params_b: float | None = Field(default=None, gt=0)
+    family: str | None = None
+    rating: float | None = None
     price: PriceConfig | None = None
     energy: EnergyConfig | None = None
     options: dict[str, Any] = Field(default_factory=dict)

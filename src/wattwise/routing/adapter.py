@@ -38,7 +38,8 @@ def candidates_from(config: Config) -> list[Candidate]:
         price = spec.price
         out.append(Candidate(name=name, input_usd_per_mtok=price.input if price else None,
                              output_usd_per_mtok=price.output if price else None,
-                             trained_as=spec.trained_as, reasoning=spec.reasoning))
+                             trained_as=spec.trained_as, reasoning=spec.reasoning,
+                             params_b=spec.params_b, family=spec.family, rating=spec.rating))
     return out
 
 

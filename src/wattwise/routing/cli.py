@@ -30,13 +30,13 @@ def _fail(exc: WattwiseError) -> None:
 @click.option(
     "--out", "out", required=True, type=click.Path(dir_okay=False), help="router JSON file to write"
 )
-@click.option("--max-vocab", default=4096, show_default=True, help="n-gram vocabulary size")
+@click.option("--rank", default=0, show_default=True, help="latent skills in the joint quality model")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--store", "store_url", help="also train on this trace store's flywheel labels (judge, shadow, "
               "feedback) and compare with the router it serves, on the newest labels")
 @click.option("--promote", is_flag=True, help="with --store: record the candidate there (promoted if it won)")
 @click.option("--alias", "aliases", multiple=True, help="with --store: NAME=TRAINED_AS (a model's name in OUTCOMES)")
-def train_command(outcomes: tuple[str, ...], out: str, max_vocab: int, as_json: bool,
+def train_command(outcomes: tuple[str, ...], out: str, rank: int, as_json: bool,
                   store_url: str | None = None, promote: bool = False, aliases: tuple[str, ...] = ()) -> None:
     """Train a router on OUTCOMES files and write it to --out (with --store: plus the store's labels)."""
     if store_url is not None:
@@ -52,8 +52,8 @@ def train_command(outcomes: tuple[str, ...], out: str, max_vocab: int, as_json: 
     try:
         rows = load_outcomes(*outcomes)
         models = sorted({r.model for r in rows})
-        with tqdm(total=len(models), desc="train", file=sys.stderr, disable=None) as bar:
-            router = train_router(rows, max_vocab=max_vocab, progress=lambda _: _tick(bar, 1))
+        with tqdm(total=2, desc="train", file=sys.stderr, disable=None) as bar:
+            router = train_router(rows, rank=rank, progress=lambda _: _tick(bar, 1))
         router.save(out)
     except WattwiseError as exc:
         _fail(exc)
@@ -63,6 +63,8 @@ def train_command(outcomes: tuple[str, ...], out: str, max_vocab: int, as_json: 
         "prompts": router.meta["prompts"],
         "rows": router.meta["rows"],
         "cost_weight": router.cost_weight,
+        "version": router.version,
+        "train_seconds": router.meta.get("train_seconds"),
     }
     if as_json:
         click.echo(json.dumps(summary))
@@ -84,12 +86,26 @@ def train_command(outcomes: tuple[str, ...], out: str, max_vocab: int, as_json: 
     type=click.Choice([*POLICIES, "all"]),
     help="policy to evaluate, or all",
 )
+@click.option(
+    "--extra",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="more outcomes files added to every fold's training data (never tested on)",
+)
+@click.option("--recorded-costs", is_flag=True, help="route on recorded costs instead of predicted ones")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a quality-against-cost plot (PNG/SVG)")
 def eval_command(
-    train: str, test: str | None, folds: int | None, policy: str, as_json: bool, plot: str | None
+    train: str,
+    test: str | None,
+    folds: int | None,
+    policy: str,
+    extra: tuple[str, ...],
+    recorded_costs: bool,
+    as_json: bool,
+    plot: str | None,
 ) -> None:
-    """Train on TRAIN only, evaluate on --test (or --folds K), sweeping the dial."""
+    """Train on TRAIN (plus --extra) only, evaluate on --test (or --folds K), sweeping the dial."""
     if (test is None) == (folds is None):
         raise click.UsageError("give exactly one of --test or --folds")
     from tqdm import tqdm
@@ -100,13 +116,22 @@ def eval_command(
     policies = list(POLICIES) if policy == "all" else [policy]
     try:
         rows = load_outcomes(train)
+        more = load_outcomes(*extra) if extra else []
         splits = [(rows, load_outcomes(test))] if test else split_folds(rows, folds or 0)
+        splits = [([*tr, *more], te) for tr, te in splits]
         total = sum(len({r.prompt_id for r in part}) for _, part in splits)
         with tqdm(total=total, desc="eval", file=sys.stderr, disable=None) as bar:
-            report = finite(run_eval(splits, policies=policies, progress=lambda n: _tick(bar, n)))
+            report = finite(
+                run_eval(
+                    splits,
+                    policies=policies,
+                    progress=lambda n: _tick(bar, n),
+                    recorded_costs=recorded_costs,
+                )
+            )
     except WattwiseError as exc:
         _fail(exc)
-    report.update({"train": train, "test": test})
+    report.update({"train": train, "test": test, "extra": list(extra)})
     if plot:
         from wattwise.reports.routing_plot import plot_report
 

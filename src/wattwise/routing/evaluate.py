@@ -17,7 +17,8 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from wattwise.routing.predictors import fit_prices
 from wattwise.routing.router import Router
 from wattwise.routing.train import train_router
 
-COST_WEIGHTS = tuple([0.0] + [float(x) for x in np.geomspace(0.003, 30.0, 36)])
+COST_WEIGHTS = tuple([0.0] + [float(x) for x in np.geomspace(0.003, 30.0, 91)])
 QUALITY_TARGETS = tuple(float(x) for x in np.linspace(0.5, 1.0, 26))
 POLICIES = POLICY_NAMES
 Progress = Callable[[int], None]
@@ -92,15 +93,39 @@ def _settings() -> list[tuple[str, dict[str, float]]]:
 
 
 def estimates_for(
-    router: Router, table: Table, progress: Progress | None = None
+    router: Router, table: Table, progress: Progress | None = None, *, recorded_costs: bool = False
 ) -> dict[str, list[Estimate]]:
+    """The router's estimates for every test prompt; with ``recorded_costs`` each predicted cost is
+    replaced by the call's recorded cost (routing with a perfect cost predictor, for comparison)."""
     found = {}
     for pid, per in table.rows.items():
         cands = [c for c in table.candidates if c.name in per]
-        found[pid] = router.estimate(next(iter(per.values())).prompt, cands)
+        ests = router.estimate(next(iter(per.values())).prompt, cands)
+        if recorded_costs:
+            ests = [replace(e, cost_usd=_cost(per[e.name])) for e in ests]
+        found[pid] = ests
         if progress is not None:
             progress(1)
     return found
+
+
+def cost_accuracy(table: Table, ests: dict[str, list[Estimate]]) -> dict[str, float]:
+    """How well predicted costs match recorded ones: median |log ratio| per call, and the ratio of
+    totals (1.0 = unbiased in sum)."""
+    pairs = [
+        (e.cost_usd, _cost(table.rows[pid][e.name]))
+        for pid, es in ests.items()
+        for e in es
+        if e.cost_usd is not None and e.cost_usd > 0 and _cost(table.rows[pid][e.name]) > 0
+    ]
+    if not pairs:
+        return {"cost_median_abs_log_ratio": float("nan"), "cost_total_ratio": float("nan"), "cost_pairs": 0}
+    logs = np.abs(np.log([p / r for p, r in pairs]))
+    return {
+        "cost_median_abs_log_ratio": float(np.median(logs)),
+        "cost_total_ratio": float(sum(p for p, _ in pairs) / sum(r for _, r in pairs)),
+        "cost_pairs": len(pairs),
+    }
 
 
 def sweep_single(router: Router, table: Table, ests: dict[str, list[Estimate]], policy: str) -> Sweep:
@@ -168,9 +193,14 @@ def oracle(table: dict[str, dict[str, Outcome]]) -> dict[str, float]:
     }
 
 
-def calibration(router: Router, table: Table, ests: dict[str, list[Estimate]]) -> dict[str, float]:
-    """Expected calibration error (10 bins), log loss and Brier score of the quality predictions."""
-    pairs = [(e.quality, table.rows[pid][e.name].score) for pid, es in ests.items() for e in es]
+def calibration_pairs(table: Table, ests: dict[str, list[Estimate]]) -> list[tuple[float, float]]:
+    """(predicted quality, recorded score) for every candidate of every test prompt."""
+    return [(e.quality, table.rows[pid][e.name].score) for pid, es in ests.items() for e in es]
+
+
+def calibration(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """Expected calibration error (10 equal-width bins), log loss and Brier score of the quality
+    predictions, over all held-out pairs together (folds pooled: each prompt counted once)."""
     p = np.clip(np.array([q for q, _ in pairs]), 1e-4, 1 - 1e-4)
     y = np.array([s for _, s in pairs])
     bins = np.minimum((p * 10).astype(int), 9)
@@ -249,28 +279,44 @@ def run_eval(
     *,
     policies: Sequence[str],
     progress: Progress | None = None,
-    trainer: Callable[[Sequence[Outcome]], Router] = train_router,
+    trainer: Callable[[Sequence[Outcome]], Router] | None = None,
+    recorded_costs: bool = False,
 ) -> dict[str, Any]:
-    """Train on each fold's first part, evaluate on its second; sweeps pooled over folds."""
+    """Train on each fold's first part, evaluate on its second; sweeps pooled over folds.
+
+    ``recorded_costs``: route on each call's recorded cost instead of the predicted one (measures
+    what the cost predictor loses)."""
+    if trainer is None:
+        from wattwise.routing.embed import Embedder
+
+        trainer = partial(train_router, embedder=Embedder.load(memo=True))
     for p in policies:
         if p not in POLICIES:
             raise InvalidRequest(f"unknown policy '{p}'; known: {', '.join(POLICIES)}", param="policy")
     pooled: dict[str, Sweep | None] = {}
     whole: dict[str, dict[str, Outcome]] = {}
-    calib: list[dict[str, float]] = []
+    calib: list[tuple[float, float]] = []
+    costs: list[dict[str, float]] = []
     reasons: dict[str, str] = {}
     for train_rows, test_rows in folds:
         router = trainer(train_rows)
         table = Table.of(test_rows)
         whole.update(table.rows)
-        ests = estimates_for(router, table, progress)
-        calib.append(calibration(router, table, ests))
+        ests = estimates_for(router, table, progress, recorded_costs=recorded_costs)
+        calib.extend(calibration_pairs(table, ests))
+        costs.append(cost_accuracy(table, estimates_for(router, table) if recorded_costs else ests))
         for p in policies:
             reasons[p] = not_applicable(p, table) or ""
             got = sweep_policy(router, table, ests, p)
             prev = pooled.get(p)
             pooled[p] = got if p not in pooled else (None if prev is None or got is None else prev.merge(got))
-    report: dict[str, Any] = {"prompts": len(whole), "folds": len(folds), "calibration": _pool(calib)}
+    report: dict[str, Any] = {
+        "prompts": len(whole),
+        "folds": len(folds),
+        "calibration": calibration(calib),
+        "cost_prediction": _pool_costs(costs),
+        "routed_on": "recorded costs" if recorded_costs else "predicted costs",
+    }
     report["policies"] = {
         p: summarise(s, whole) if s is not None else {"applicable": False, "why": reasons[p]}
         for p, s in pooled.items()
@@ -284,9 +330,15 @@ def run_eval(
     return report
 
 
-def _pool(parts: list[dict[str, float]]) -> dict[str, float]:
-    total = sum(p["pairs"] for p in parts)
-    return {k: float(sum(p[k] * p["pairs"] for p in parts) / total) for k in ("ece", "log_loss", "brier")}
+def _pool_costs(parts: list[dict[str, float]]) -> dict[str, float]:
+    parts = [p for p in parts if p["cost_pairs"]]
+    total = sum(p["cost_pairs"] for p in parts)
+    if not total:
+        return {}
+    return {
+        k: float(sum(p[k] * p["cost_pairs"] for p in parts) / total)
+        for k in ("cost_median_abs_log_ratio", "cost_total_ratio")
+    }
 
 
 def split_folds(rows: Sequence[Outcome], k: int) -> list[tuple[list[Outcome], list[Outcome]]]:

@@ -1,16 +1,17 @@
-"""Prompt features for the quality and length predictors: fast, dependency-light, JSON-serialisable.
+"""Prompt features for the quality and length predictors: fast, JSON-serialisable scalings.
 
-A prompt becomes one dense vector: TF-IDF weights of a learned vocabulary of word unigrams and
-bigrams (chosen by document frequency on the training prompts), followed by a few standardised
-structural figures (length, lines, digits, code symbols, option lines ...). Only the head and the tail
-of a long prompt feed the n-grams, so the cost of a decision stays bounded however long the prompt
-is; the length figures see the whole text.
+A prompt becomes one dense vector: its WordLlama embedding (two views, see ``routing/embed.py``)
+followed by a few structural figures (length, lines, digits, code symbols, option lines ...), every
+column standardised with the training prompts' mean and spread. Only the head and the tail of a long
+prompt are embedded, so the cost of a decision stays bounded however long the prompt is; the length
+figures see the whole text. (Before: TF-IDF over a learned n-gram vocabulary; ``ngrams`` stays as
+the tokenisation baseline of ``bench/router_latency.py``.)
 
 Usage::
 
-    featurizer = Featurizer.fit(["What is 2+2?", "Write a function ..."], max_vocab=4096)
+    featurizer = Featurizer.fit(["What is 2+2?", "Write a function ..."])
     x = featurizer.transform_one("What is 3+3?")       # numpy vector, len(featurizer)
-    same = Featurizer.from_json(featurizer.to_json())
+    same = Featurizer.from_json(featurizer.to_json(), embedder=featurizer.embedder)
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from wattwise.exceptions import WattwiseError
+from wattwise.routing.embed import NAME as EMBEDDER_NAME
+from wattwise.routing.embed import Embedder
+
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _OPTION_LINE = re.compile(r"^\s*(?:[A-Ha-h]|[1-8])[\).:]\s", re.MULTILINE)
 _CODE_BYTES = b"{}()[];=<>_#"
@@ -31,6 +36,7 @@ _DIGITS = b"0123456789"
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HEAD_CHARS = 1500
 TAIL_CHARS = 2500
+TFIDF_SCALE = 10.0
 STRUCT_NAMES = (
     "log_chars",
     "log_words",
@@ -91,83 +97,103 @@ def structure(text: str) -> list[float]:
 
 
 class Featurizer:
-    """Maps prompts to dense feature vectors; fitted on training prompts, stored as JSON.
+    """Maps prompts to dense vectors: the prompt embedding and the structural figures, standardised,
+    then TF-IDF weights of a learned n-gram vocabulary (``max_vocab=0``: none).
 
     Usage::
 
-        f = Featurizer.fit(prompts, max_vocab=2048)
+        f = Featurizer.fit(prompts, embedder=Embedder.load())
         X = f.transform(prompts)          # (len(prompts), len(f)) float array
     """
 
     def __init__(
         self,
         *,
-        vocab: Sequence[str],
-        idf: Sequence[float],
-        struct_mean: Sequence[float] | np.ndarray,
-        struct_std: Sequence[float] | np.ndarray,
+        embedder: Embedder | None,
+        mean: Sequence[float] | np.ndarray,
+        std: Sequence[float] | np.ndarray,
+        vocab: Sequence[str] = (),
+        idf: Sequence[float] = (),
     ) -> None:
+        self.embedder = embedder if embedder is not None else Embedder.load()
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
         self.vocab = list(vocab)
         self._index = {term: i for i, term in enumerate(self.vocab)}
         self.idf = np.asarray(idf, dtype=np.float64)
-        self.struct_mean = np.asarray(struct_mean, dtype=np.float64)
-        self.struct_std = np.asarray(struct_std, dtype=np.float64)
 
     def __len__(self) -> int:
-        return len(self.vocab) + len(STRUCT_NAMES)
+        return len(self.mean) + len(self.vocab)
+
+    @staticmethod
+    def raw(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+        """Unscaled dense features: embedding and structural figures side by side."""
+        if not texts:
+            return np.zeros((0, embedder.dim + len(STRUCT_NAMES)))
+        emb = embedder.embed_many(texts).astype(np.float64)
+        struct = np.array([structure(t) for t in texts], dtype=np.float64)
+        return np.hstack([emb, struct])
 
     @classmethod
-    def fit(cls, prompts: Sequence[str], *, max_vocab: int = 4096, min_df: int = 3) -> Featurizer:
-        """Choose the vocabulary (most frequent n-grams by document frequency) and scalings."""
-        df: Counter[str] = Counter()
-        for text in prompts:
-            df.update(set(ngrams(text)))
-        n = max(1, len(prompts))
-        # Terms present in nearly every prompt carry no signal; drop them with the rare ones.
-        kept = [(t, c) for t, c in df.items() if min_df <= c <= 0.95 * n]
-        kept.sort(key=lambda tc: (-tc[1], tc[0]))
-        vocab = [t for t, _ in kept[:max_vocab]]
-        idf = [math.log((1 + n) / (1 + df[t])) + 1.0 for t in vocab]
-        raw = np.array([structure(p) for p in prompts], dtype=np.float64).reshape(-1, len(STRUCT_NAMES))
-        std = raw.std(axis=0) if len(raw) else np.ones(len(STRUCT_NAMES))
-        return cls(
-            vocab=vocab,
-            idf=idf,
-            struct_mean=raw.mean(axis=0) if len(raw) else std * 0,
-            struct_std=np.where(std > 1e-9, std, 1.0),
-        )
+    def fit(
+        cls, prompts: Sequence[str], *, embedder: Embedder | None = None, max_vocab: int = 0, min_df: int = 3
+    ) -> Featurizer:
+        """Learn each dense column's mean and spread, and the n-gram vocabulary, on training prompts."""
+        emb = embedder if embedder is not None else Embedder.load()
+        raw = cls.raw(emb, prompts)
+        std = raw.std(axis=0) if len(raw) else np.ones(raw.shape[1])
+        mean = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
+        vocab, idf = _vocabulary(prompts, max_vocab, min_df) if max_vocab > 0 else ([], [])
+        return cls(embedder=emb, mean=mean, std=np.where(std > 1e-9, std, 1.0), vocab=vocab, idf=idf)
 
-    def transform_one(self, text: str) -> np.ndarray:
-        """The feature vector of one prompt."""
+    def _tfidf(self, text: str) -> np.ndarray:
         get = self._index.get
         ids = [i for i in map(get, ngrams(text)) if i is not None]
         tf = np.bincount(np.asarray(ids, dtype=np.int64), minlength=len(self.vocab)).astype(np.float64)
         tfidf = np.log1p(tf) * self.idf
         norm = float(np.sqrt(tfidf @ tfidf))
-        if norm > 0:
-            tfidf /= norm
-        struct = (np.asarray(structure(text)) - self.struct_mean) / self.struct_std
-        return np.concatenate([tfidf, np.clip(struct, -6.0, 6.0)])
+        # unit length, then scaled so a typical weight is of the order of a standardised column
+        return tfidf * (TFIDF_SCALE / norm) if norm > 0 else tfidf
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """Feature matrix of many prompts, one row each."""
-        if not texts:
-            return np.zeros((0, len(self)))
-        return np.vstack([self.transform_one(t) for t in texts])
+        dense = np.clip((self.raw(self.embedder, texts) - self.mean) / self.std, -6.0, 6.0)
+        if not self.vocab:
+            return dense
+        sparse = np.vstack([self._tfidf(t) for t in texts]) if texts else np.zeros((0, len(self.vocab)))
+        return np.hstack([dense, sparse])
+
+    def transform_one(self, text: str) -> np.ndarray:
+        """The feature vector of one prompt."""
+        return self.transform([text])[0]
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "embedder": EMBEDDER_NAME,
+            "mean": _rounded(self.mean),
+            "std": _rounded(self.std),
             "vocab": self.vocab,
-            "idf": _rounded(self.idf),
-            "struct_mean": _rounded(self.struct_mean),
-            "struct_std": _rounded(self.struct_std),
+            "idf": _rounded(self.idf, 5),
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Featurizer:
+    def from_json(cls, obj: dict[str, Any], *, embedder: Embedder | None = None) -> Featurizer:
+        if obj.get("embedder") != EMBEDDER_NAME:
+            raise WattwiseError(f"router needs prompt embedder {obj.get('embedder')!r}; this build has {EMBEDDER_NAME}")
         return cls(
-            vocab=obj["vocab"], idf=obj["idf"], struct_mean=obj["struct_mean"], struct_std=obj["struct_std"]
+            embedder=embedder, mean=obj["mean"], std=obj["std"], vocab=obj.get("vocab", []), idf=obj.get("idf", [])
         )
+
+
+def _vocabulary(prompts: Sequence[str], max_vocab: int, min_df: int) -> tuple[list[str], list[float]]:
+    """The most frequent n-grams by document frequency (dropping near-universal ones) and their IDF."""
+    df: Counter[str] = Counter()
+    for text in prompts:
+        df.update(set(ngrams(text)))
+    n = max(1, len(prompts))
+    kept = sorted(((t, c) for t, c in df.items() if min_df <= c <= 0.95 * n), key=lambda tc: (-tc[1], tc[0]))
+    vocab = [t for t, _ in kept[:max_vocab]]
+    return vocab, [math.log((1 + n) / (1 + df[t])) + 1.0 for t in vocab]
 
 
 def _rounded(values: np.ndarray, digits: int = 6) -> list[float]:

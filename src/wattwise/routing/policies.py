@@ -33,6 +33,10 @@ class Candidate:
     output_usd_per_mtok: float | None
     trained_as: str | None = None
     reasoning: bool = False  # a reasoning model or one with a thinking mode
+    # What the config knows of a model, for the prior of one without training data.
+    params_b: float | None = None  # size, billions of parameters
+    family: str | None = None  # e.g. "llama", "mistral": same-family models weigh more in the prior
+    rating: float | None = None  # a public rating on one scale for all candidates (e.g. Arena Elo)
 
 
 @dataclass(frozen=True, kw_only=True)

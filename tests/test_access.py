@@ -80,8 +80,10 @@ async def chat(client: httpx.AsyncClient, key: str | None, model: str = "cheap",
 
 
 async def settled(access: Access) -> None:
+    """Every settlement done, and its spend row in the store (the ledger writes off the request path)."""
     while access._settling:
         await asyncio.gather(*list(access._settling))
+    await asyncio.to_thread(access.ledger.flush)
 
 
 @pytest.fixture

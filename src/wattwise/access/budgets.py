@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from wattwise.access.keys import Budget
+from wattwise.access.ledger import SpendLedger
 from wattwise.access.periods import iso, period_bounds
 from wattwise.access.principal import Principal
 from wattwise.access.state import SharedState
@@ -115,9 +116,12 @@ class Budgeter:
     """Reserves and settles $ and J budgets of keys and teams over a shared state and the store."""
 
     def __init__(self, *, state: SharedState, store: AccessStore, teams: dict[str, list[Budget]],
-                 unknown_energy: str, unknown_cost: str, clock: Callable[[], float] = time.time) -> None:
+                 unknown_energy: str, unknown_cost: str, clock: Callable[[], float] = time.time,
+                 ledger: SpendLedger | None = None) -> None:
         self.state = state
         self.store = store
+        # Spend rows: journaled and batched off the request path (synchronous without a journal).
+        self.ledger = ledger or SpendLedger(store=store, directory=None)
         self.teams = teams
         self.unknown = {"j": unknown_energy, "usd": unknown_cost}
         self.clock = clock
@@ -134,8 +138,13 @@ class Budgeter:
         if await self.state.known(bucket.name):
             return
         kind, _, who = bucket.owner.partition(":")
-        usd, j = await anyio.to_thread.run_sync(lambda: self.store.spent(
-            key_id=who if kind == "key" else None, team=who if kind == "team" else None, since=bucket.start))
+
+        def spent() -> tuple[float, float]:
+            self.ledger.flush()  # this process's spend rows still on their way count too
+            return self.store.spent(key_id=who if kind == "key" else None, team=who if kind == "team" else None,
+                                    since=bucket.start)
+
+        usd, j = await anyio.to_thread.run_sync(spent)
         await self.state.seed(bucket.name, used=usd if bucket.budget.unit == "usd" else j, expires_at=bucket.end)
 
     async def reserve(self, principal: Principal, *, request_id: str, worst: Worst) -> Ticket | None:
@@ -169,7 +178,7 @@ class Budgeter:
                                     headers=_reset_header(bucket))
             ticket.taken.append((bucket, amount))
         ticket.worst = Worst(usd=worst.usd or 0.0, j=worst.j or 0.0)
-        await anyio.to_thread.run_sync(lambda: self.store.reserve_spend(
+        await self._write(lambda: self.ledger.reserve(
             request_id=request_id, key_id=ticket.key_id, team=principal.team, ts=self.clock(),
             usd=ticket.worst.usd or 0.0, j=ticket.worst.j or 0.0))
         ticket.durable = True
@@ -198,8 +207,15 @@ class Budgeter:
             await self.state.settle(bucket.name, reserved=amount, actual=actual)
         ticket.taken.clear()
         if ticket.durable:
-            await anyio.to_thread.run_sync(lambda: self.store.settle_spend(
+            await self._write(lambda: self.ledger.settle(
                 request_id=ticket.request_id, usd=charged_usd, j=charged_j, j_unknown=j_unknown))
+
+    async def _write(self, write: Callable[[], None]) -> None:
+        """A journal line is one ``os.write``: done here; without a journal, a database write in a thread."""
+        if self.ledger.journaled:
+            write()
+        else:
+            await anyio.to_thread.run_sync(write)
 
 
 def _reset_header(bucket: Bucket) -> dict[str, str]:

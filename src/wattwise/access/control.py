@@ -25,10 +25,12 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from functools import reduce
+from pathlib import Path
 
 from wattwise.access.admin import team_budgets
 from wattwise.access.auth import Authenticator
 from wattwise.access.budgets import Budgeter, Ticket, Worst, worst_case
+from wattwise.access.ledger import SpendLedger
 from wattwise.access.limits import Limiter
 from wattwise.access.principal import Principal
 from wattwise.access.state import SharedState, open_state
@@ -36,6 +38,7 @@ from wattwise.call import Call, Meter
 from wattwise.config import Config
 from wattwise.exceptions import PermissionDenied, QuotaExceeded
 from wattwise.store.access import AccessStore
+from wattwise.store.journal import default_directory
 from wattwise.store.sql import TraceStore
 
 log = logging.getLogger(__name__)
@@ -54,15 +57,20 @@ class Access:
         self.auth = Authenticator(store=self.keys, auth=config.auth, environ=environ, clock=clock)
         self.state = state or open_state(config.state.url, timeout_s=config.state.timeout_s,
                                          limits_fail_open=config.state.limits_on_failure == "open")
+        journal = config.store.journal_dir
+        directory = default_directory(store.url) if journal is None else Path(journal) if journal else None
+        self.ledger = SpendLedger(store=self.keys, directory=directory)
         self.budgeter = Budgeter(state=self.state, store=self.keys, teams=team_budgets(config.budgets.teams),
                                  unknown_energy=config.budgets.unknown_energy,
-                                 unknown_cost=config.budgets.unknown_cost, clock=clock)
+                                 unknown_cost=config.budgets.unknown_cost, clock=clock, ledger=self.ledger)
         self.limiter = Limiter(state=self.state)
         self._settling: set[asyncio.Task[None]] = set()
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Read the keys (a failure stops the server from starting) and keep them fresh."""
+        """Read the keys (a failure stops the server from starting) and keep them fresh; apply the
+        spend journals of processes that died."""
+        await asyncio.to_thread(self.ledger.start)
         await self.auth.refresh()
         self._refresher = asyncio.get_running_loop().create_task(self.auth.keep_fresh())
 
@@ -74,6 +82,7 @@ class Access:
                 await self._refresher
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+        await asyncio.to_thread(self.ledger.close)
         await self.state.aclose()
 
     # -- admission -------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ async def show(request: Request) -> Response:
         record = access.keys.get_key(key_id)
         if record is None:
             raise NotFound(f"no key {key_id!r}", param="id")
+        access.ledger.flush()  # spend rows still on their way to the store
         return admin.show_key(access.keys, record, teams=_teams(access), now=time.time())
 
     return JSONResponse(await anyio.to_thread.run_sync(read))

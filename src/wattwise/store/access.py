@@ -144,6 +144,24 @@ class AccessStore:
                   (usd, j, j_unknown, request_id))
         self._commit()
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several writes committed together (the spend ledger's batches)."""
+        with self._tx():
+            yield
+
+    def insert_reservation(self, *, request_id: str, key_id: str, team: str | None, ts: float, usd: float,
+                           j: float) -> None:
+        """A worst case, inside a transaction; one already stored (a replayed journal) is kept."""
+        self._run("INSERT INTO spend (request_id, key_id, team, ts, state, usd, j, j_unknown) "
+                  "VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                  (request_id, key_id, team, ts, usd, j, False))
+
+    def update_settlement(self, *, request_id: str, usd: float, j: float, j_unknown: bool) -> None:
+        """The metered figure, inside a transaction."""
+        self._run("UPDATE spend SET state = 'settled', usd = ?, j = ?, j_unknown = ? WHERE request_id = ?",
+                  (usd, j, j_unknown, request_id))
+
     def spent(self, *, key_id: str | None = None, team: str | None = None, since: float | None = None
               ) -> tuple[float, float]:
         """``(usd, j)`` a key's or a team's requests spent since ``since`` (reserved rows at worst case)."""

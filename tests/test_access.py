@@ -332,3 +332,45 @@ async def test_streams_and_proxied_calls_settle_to_their_metered_cost(url: str) 
         gateway.writer.flush()
         row = gateway.store.get(refused.headers["x-wattwise-request-id"])
         assert row is not None and row.http_status == 429 and row.key_id == key_id
+
+
+async def test_batch_lines_run_on_their_keys_budget(url: str) -> None:
+    async with stack(url) as (client, gateway, access):
+        probe = gateway.call(chat_body({"model": "cheap", "messages": MSG, "max_tokens": 50}), request_id="probe2",
+                             tag=None)
+        bound, output = access._tokens(probe)
+        probe.close()
+        worst = access.worst("cheap", input_tokens=bound, output_tokens=output)
+        assert worst.usd is not None
+        budget = worst.usd * 2.5  # room for two lines' worst cases
+        key_id, key = await new_key(client, budget_usd=f"{budget!r}/day", rpm=1)
+        lines = b"".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                                     "body": {"model": "cheap", "messages": MSG, "max_tokens": 50}}).encode() + b"\n"
+                         for i in range(40))
+        up = await client.post("/v1/files", files={"file": ("in.jsonl", lines)}, data={"purpose": "batch"},
+                               headers=bearer(key))
+        made = await client.post("/v1/batches", json={"input_file_id": up.json()["id"], "completion_window": "24h",
+                                                      "endpoint": "/v1/chat/completions"}, headers=bearer(key))
+        assert made.status_code == 200, made.text
+        app = client._transport.app  # type: ignore[attr-defined]
+        while not hasattr(app, "state"):  # through the middleware layers to the Starlette app
+            app = app.app
+        runner = app.state.batch_runner
+        for _ in range(200):  # the lifespan is not run in-process: drive the runner by hand
+            await runner.tick()
+            if runner.running:
+                await asyncio.gather(*runner.running.values())
+            elif not runner.queue.counts(made.json()["id"]).get("pending"):
+                break
+        await settled(access)
+        gateway.writer.flush()
+        rows = [r for r in gateway.store.fetch() if (r.tag or "").startswith("batch:")]
+        assert len(rows) == 40
+        ok = [r for r in rows if r.status == "ok"]
+        refused = [r for r in rows if r.http_status == 429]
+        # Budgets bind batch lines (settled at their metered cost, so more than two fit); the key's
+        # per-minute limit (1) does not (batch work waits for headroom instead).
+        assert len(ok) >= 2 and refused and len(ok) + len(refused) == 40
+        assert all("budget" in (r.error or "") for r in refused)
+        spent_usd, _ = AccessStore(store=gateway.store).spent(key_id=key_id)
+        assert 0 < spent_usd <= budget

@@ -26,7 +26,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -42,6 +42,8 @@ from wattwise.store.batch import BatchStore, Claim, NewLine
 log = logging.getLogger(__name__)
 
 Render = Callable[[Call, Outcome], dict[str, Any]]
+# (call, the key that owns the line's batch) → raises the refusal, or arranges the settlement.
+Govern = Callable[[Call, "str | None"], Awaitable[None]]
 
 
 class LineError(ValueError):
@@ -150,9 +152,13 @@ class BatchRunner:
     """
 
     def __init__(self, *, gateway: Gateway, queue: BatchStore, render: Render,
-                 headroom: Callable[[], int] | None = None, owner: str | None = None) -> None:
+                 headroom: Callable[[], int] | None = None, owner: str | None = None,
+                 govern: Govern | None = None) -> None:
         self.gateway = gateway
         self.queue = queue
+        # Access control for a line: charged to the budgets of the key that created its batch.
+        self.govern = govern
+        self._batch_keys: dict[str, str | None] = {}
         self.render = render
         self.config = gateway.config.batch
         self.headroom = headroom or self.in_flight_headroom
@@ -252,6 +258,13 @@ class BatchRunner:
             self.running.pop(claim, None)
             self.wake()
 
+    async def _batch_key(self, batch_id: str) -> str | None:
+        """The API key that created the batch (cached: a batch never changes owner)."""
+        if batch_id not in self._batch_keys:
+            row = await self._db(partial(self.queue.get_batch, batch_id))
+            self._batch_keys[batch_id] = row.key_id if row is not None else None
+        return self._batch_keys[batch_id]
+
     async def _call(self, claim: Claim) -> tuple[str, str, dict[str, Any]]:
         """The line as a metered, traced request: ``(state, request_id, response)``."""
         request_id = new_request_id()
@@ -263,6 +276,8 @@ class BatchRunner:
         call.cancelled_as = ("cancelled", 499, "batch runner stopped")
         try:
             async with call:
+                if self.govern is not None:
+                    await self.govern(call, await self._batch_key(claim.batch_id))
                 outcome = await call.complete()
                 response = self.render(call, outcome)
         except WattwiseError as error:  # the call recorded it (an unexpected exception arrives mapped)

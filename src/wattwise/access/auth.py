@@ -107,6 +107,14 @@ class Authenticator:
         return Principal.of(record)
 
 
+    def principal_for(self, key_id: str) -> Principal | None:
+        """The principal of a key by id, while it is usable (work it started runs on its budgets)."""
+        for record in self._by_hash.values():
+            if record.id == key_id and record.usable(self.clock()):
+                return Principal.of(record)
+        return None
+
+
 def token_of(headers: Mapping[bytes, bytes] | list[tuple[bytes, bytes]]) -> str | None:
     """The key a request presents: ``Authorization: Bearer <key>`` or ``x-api-key: <key>``."""
     items = headers.items() if isinstance(headers, Mapping) else headers

@@ -87,7 +87,17 @@ class Access:
 
     # -- admission -------------------------------------------------------------------------------
 
-    async def admit(self, call: Call, principal: Principal | None) -> dict[str, str]:
+    async def govern_batch_line(self, call: Call, key_id: str | None) -> None:
+        """A batch line runs on the budgets of the key that created its batch (not its per-minute
+        limits: batch work waits for headroom instead); a key since revoked or expired stops its lines."""
+        if key_id is None:
+            return  # made with no keys configured
+        principal = self.auth.principal_for(key_id)
+        if principal is None:
+            raise PermissionDenied("the API key that created this batch is revoked or expired", param="key")
+        await self.admit(call, principal, rate_limit=False)
+
+    async def admit(self, call: Call, principal: Principal | None, *, rate_limit: bool = True) -> dict[str, str]:
         """Govern ``call`` for ``principal``: the headers for its answer, or raise the refusal."""
         if principal is not None:
             call.principal = principal
@@ -99,7 +109,8 @@ class Access:
             raise PermissionDenied(f"This API key may not use the model '{model}'", param="model")
         self._apply_defaults(call, principal)
         input_bound, output = self._tokens(call)
-        headers = await self.limiter.admit(principal, model=model, tokens=math.ceil(input_bound / 4) + output)
+        headers = await self.limiter.admit(principal, model=model, tokens=math.ceil(input_bound / 4) + output) \
+            if rate_limit else {}
         worst = self.worst(model, input_tokens=input_bound, output_tokens=output)
         try:
             ticket = await self.budgeter.reserve(principal, request_id=call.request_id, worst=worst)

@@ -304,7 +304,7 @@ def create_app(gateway: Gateway, *, access: Access | None = None) -> WattwiseHea
     server's lifespan."""
     access = access or Access(config=gateway.config, store=gateway.store, meter=gateway.meter, environ=os.environ)
     queue = BatchStore(store=gateway.store, keep_content=gateway.config.store.store_content)
-    runner = BatchRunner(gateway=gateway, queue=queue, render=completion_body)
+    runner = BatchRunner(gateway=gateway, queue=queue, render=completion_body, govern=access.govern_batch_line)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

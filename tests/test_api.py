@@ -200,3 +200,30 @@ async def test_metrics_in_flight_gauge(client: httpx.AsyncClient, gateway: Gatew
     async with gateway.call(body, request_id="req_open", tag=None):
         assert "wattwise_in_flight_requests 1.0" in (await client.get("/metrics")).text
     assert "wattwise_in_flight_requests 0.0" in (await client.get("/metrics")).text
+
+
+async def test_header_tag_reaches_the_router_as_the_requests_application(store: TraceStore) -> None:
+    from wattwise.gateway import Decision
+    from wattwise.request import ChatBody
+    from wattwise.routing.adapt import app_key
+
+    seen: list[ChatBody] = []
+
+    class Recording:
+        def pick(self, *, prompt: str, policy: str, body: ChatBody, gateway: Gateway) -> Decision:
+            seen.append(body)
+            return Decision(model="cheap", policy="test", reason="test")
+
+    gateway = make_gateway(store)
+    gateway.router = Recording()
+    await gateway.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://wattwise") as client:
+            response = await client.post("/v1/chat/completions", json={"model": "auto", "messages": MSG},
+                                         headers={"x-wattwise-tag": "support-bot"})
+            assert response.status_code == 200
+    finally:
+        await gateway.stop()
+    # The labels of this request are keyed by its trace row's tag: the router must see the same app.
+    assert app_key(seen[0]) == "support-bot" == store.get(response.headers["x-wattwise-request-id"]).tag

@@ -46,6 +46,7 @@ from wattwise.config import FlywheelConfig
 from wattwise.exceptions import ConfigError, WattwiseError
 from wattwise.outcomes import Outcome
 from wattwise.request import ChatBody
+from wattwise.routing.adapt import app_key
 from wattwise.routing.flywheel import (
     DAY_S,
     DEFAULT_RUBRIC,
@@ -160,7 +161,8 @@ class Flywheel:
             return
         jobs = self.plan.jobs(request_id=record.id, prompt_id=record.prompt_hash or record.id, prompt=call.prompt,
                               served_model=record.model, answer=call.outcome.text or "", candidates=candidates,
-                              app=record.tag, cost_usd=record.cost_usd, energy_j=record.energy_j)
+                              app=app_key(call.body, header_tag=record.tag), cost_usd=record.cost_usd,
+                              energy_j=record.energy_j)
         if not jobs:
             return
         if len(self.pending) + len(jobs) > self.config.max_pending:

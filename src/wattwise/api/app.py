@@ -163,6 +163,16 @@ async def sse_body(call: Call, sse: SSE, first: StreamEvent | None,
                 call.close(ClientGone())
 
 
+def with_header_tag(body: ChatBody, request: Request) -> ChatBody:
+    """An ``x-wattwise-tag`` header is the request's ``wattwise.tag`` unless the body names one, so the
+    router's per-application adaptation keys the request as its labels are keyed."""
+    header = request.headers.get("x-wattwise-tag")
+    if not header or body.wattwise.tag:
+        return body
+    options = body.wattwise.model_copy(update={"tag": header[:200]})
+    return body.model_copy(update={"wattwise": options})
+
+
 def _tag(request: Request, body: ChatBody) -> str | None:
     return request.headers.get("x-wattwise-tag") or body.wattwise.tag or body.user
 
@@ -170,7 +180,7 @@ def _tag(request: Request, body: ChatBody) -> str | None:
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     request_id: str = request.scope["state"]["request_id"]
-    body = chat_body(await read_json(request, gateway.config.server.max_body_bytes))
+    body = with_header_tag(chat_body(await read_json(request, gateway.config.server.max_body_bytes)), request)
     call = gateway.call(body, request_id=request_id, tag=_tag(request, body))
     request.scope["state"]["call"] = call
     await govern(request, call)

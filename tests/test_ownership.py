@@ -347,3 +347,13 @@ async def test_ownership_with_real_keys(store: TraceStore) -> None:
     finally:
         await access.stop()
         await gateway.stop()
+
+
+def test_prompt_hash_key_falls_back_to_the_master_key(store: TraceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart (a new gateway) keys prompt hashes the same when only the master key is set."""
+    monkeypatch.delenv("WATTWISE_HASH_KEY", raising=False)
+    monkeypatch.setenv("WATTWISE_MASTER_KEY", "master-secret")
+    first, second = _gateway(store), _gateway(store)
+    assert first.recorder.hash_key == second.recorder.hash_key == b"master-secret"
+    monkeypatch.setenv("WATTWISE_HASH_KEY", "hash-secret")
+    assert _gateway(store).recorder.hash_key == b"hash-secret"

@@ -115,7 +115,8 @@ class StoreConfig(_Strict):
     (``None``: beside the SQLite file, or ``./wattwise-journal`` for PostgreSQL; ``""``: none);
     ``journal_fsync``: also flush each journal line to disk (survives power loss, costs a disk flush);
     ``hash_key_env``: the environment variable holding the secret that keys prompt hashes (HMAC), so a
-    stored hash cannot be matched against guessed prompts (unset: a random key for this process).
+    stored hash cannot be matched against guessed prompts (unset: the master key; neither set: a random
+    key for this process, so hashes then change with each restart).
     """
 
     url: str = "sqlite:///wattwise.db"

@@ -93,7 +93,8 @@ class Gateway:
                                   flush_interval_s=config.store.flush_interval_s,
                                   journal_dir=config.store.journal_dir, journal_fsync=config.store.journal_fsync)
         self.recorder = Recorder(writer=self.writer, metrics=self.metrics, store_content=config.store.store_content,
-                                 hash_key=hash_key_from_env(config.store.hash_key_env))
+                                 hash_key=hash_key_from_env(config.store.hash_key_env)
+                                 or hash_key_from_env(config.auth.master_key_env))
         self.started_at = time.time()
         self.health: HealthChecker | None = None
         # Work the gateway runs beside requests (the flywheel), started after the trace writer and

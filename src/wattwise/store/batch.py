@@ -23,11 +23,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import IO, Any
 
-from wattwise.exceptions import StoreError
+from wattwise.store.query import Query, Transactional
 from wattwise.store.sql import TraceStore
 
 WINDOWS_S = {"24h": 86400.0}
@@ -113,38 +112,7 @@ FILE_COLUMNS = tuple(f.name for f in fields(FileRow))
 BATCH_COLUMNS = tuple(f.name for f in fields(BatchRow))
 
 
-class _Query:
-    """A cursor that speaks ``?`` on both dialects and reports failures as :class:`StoreError`."""
-
-    def __init__(self, cursor: Any, *, postgresql: bool) -> None:
-        self.cursor = cursor
-        self.postgresql = postgresql
-
-    def run(self, sql: str, args: Sequence[Any] = ()) -> _Query:
-        try:
-            self.cursor.execute(sql.replace("?", "%s") if self.postgresql else sql, tuple(args))
-        except Exception as exc:
-            raise StoreError(f"batch queue: {exc}") from exc
-        return self
-
-    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        try:
-            self.cursor.executemany(sql.replace("?", "%s") if self.postgresql else sql, rows)
-        except Exception as exc:
-            raise StoreError(f"batch queue: {exc}") from exc
-
-    def all(self) -> list[Any]:
-        return list(self.cursor.fetchall())
-
-    def one(self) -> Any:
-        return self.cursor.fetchone()
-
-    @property
-    def rowcount(self) -> int:
-        return int(self.cursor.rowcount)
-
-
-class BatchStore:
+class BatchStore(Transactional):
     """Files, batches and their lines over a :class:`TraceStore`'s connections (one per thread).
 
     Every method blocks on the database: call it from a worker thread in async code.
@@ -156,30 +124,12 @@ class BatchStore:
     once the output file is written.
     """
 
+    label = "batch queue"
+
     def __init__(self, *, store: TraceStore, keep_content: bool = True) -> None:
-        self.store = store
+        super().__init__(store=store)
         self.keep_content = keep_content
-        self.postgresql = store.dialect == "postgresql"
         self._next_purge = 0.0
-
-    def _query(self) -> _Query:
-        return _Query(self.store.conn.cursor(), postgresql=self.postgresql)
-
-    @contextmanager
-    def _tx(self) -> Iterator[_Query]:
-        """One transaction; on SQLite it takes the write lock first, so claims never interleave."""
-        conn = self.store.conn
-        if self.postgresql:
-            with conn.transaction():
-                yield self._query()
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._query()
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
 
     # -- files -----------------------------------------------------------------------------------
 
@@ -450,14 +400,14 @@ def _chunks(content: bytes | IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _insert_row(q: _Query, row: FileRow) -> None:
+def _insert_row(q: Query, row: FileRow) -> None:
     """The file's row; its bytes are in ``batch_file_chunks`` (``content`` is only for files from before)."""
     values = (*(getattr(row, name) for name in FILE_COLUMNS), b"")
     q.run(f"INSERT INTO batch_files ({', '.join(FILE_COLUMNS)}, content) VALUES ({', '.join('?' * len(values))})",
           values)
 
 
-def _insert_file(q: _Query, row: FileRow, content: bytes) -> None:
+def _insert_file(q: Query, row: FileRow, content: bytes) -> None:
     for seq, chunk in enumerate(_chunks(content)):
         q.run("INSERT INTO batch_file_chunks (file_id, seq, data) VALUES (?, ?, ?)", (row.id, seq, chunk))
     _insert_row(q, row)
@@ -476,7 +426,7 @@ def _owned(key_id: str | None) -> tuple[str, tuple[str, ...]]:
     return ("", ()) if key_id is None else (" AND key_id = ?", (key_id,))
 
 
-def _attach_files(q: _Query, batch_id: str, now: float, *, keep_content: bool) -> None:
+def _attach_files(q: Query, batch_id: str, now: float, *, keep_content: bool) -> None:
     """Write the output file (done lines) and the error file (the rest), in input order; both belong
     to the batch's key. Without ``keep_content`` the lines' copies of requests and answers go."""
     (key_id,) = q.run("SELECT key_id FROM batches WHERE id = ?", (batch_id,)).one()

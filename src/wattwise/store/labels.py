@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from wattwise.backends.base import ChatRequest
-from wattwise.exceptions import StoreError
 from wattwise.routing.flywheel import LabelJob, LabelRow
+from wattwise.store.query import Query, Transactional
 from wattwise.store.records import clean_text
-from wattwise.store.sql import TraceStore
 
 LABEL_TAG = "label:"  # trace rows of judge and shadow calls are tagged label:judge / label:shadow
 LABEL_COLUMNS = tuple(f.name for f in fields(LabelRow))
@@ -62,65 +60,14 @@ class RouterRow:
     body: str  # the router file's JSON
 
 
-class _Query:
-    """A cursor that speaks ``?`` on both dialects and reports failures as :class:`StoreError`."""
-
-    def __init__(self, cursor: Any, *, postgresql: bool) -> None:
-        self.cursor = cursor
-        self.postgresql = postgresql
-
-    def run(self, sql: str, args: Sequence[Any] = ()) -> _Query:
-        try:
-            self.cursor.execute(sql.replace("?", "%s") if self.postgresql else sql, tuple(args))
-        except Exception as exc:
-            raise StoreError(f"label store: {exc}") from exc
-        return self
-
-    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if not rows:
-            return
-        try:
-            self.cursor.executemany(sql.replace("?", "%s") if self.postgresql else sql, rows)
-        except Exception as exc:
-            raise StoreError(f"label store: {exc}") from exc
-
-    def all(self) -> list[Any]:
-        return list(self.cursor.fetchall())
-
-    @property
-    def rowcount(self) -> int:
-        return int(self.cursor.rowcount)
-
-
-class LabelStore:
+class LabelStore(Transactional):
     """Label jobs, labels and routers over a :class:`TraceStore`'s connections (one per thread).
 
     Every method blocks on the database: call it from a worker thread in async code. It is also a
     :class:`~wattwise.routing.flywheel.LabelSink` (``add``).
     """
 
-    def __init__(self, *, store: TraceStore) -> None:
-        self.store = store
-        self.postgresql = store.dialect == "postgresql"
-
-    def _query(self) -> _Query:
-        return _Query(self.store.conn.cursor(), postgresql=self.postgresql)
-
-    @contextmanager
-    def _tx(self) -> Iterator[_Query]:
-        """One transaction; on SQLite it takes the write lock first, so claims never interleave."""
-        conn = self.store.conn
-        if self.postgresql:
-            with conn.transaction():
-                yield self._query()
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._query()
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
+    label = "label store"
 
     # -- the queue -------------------------------------------------------------------------------
 
@@ -194,7 +141,7 @@ class LabelStore:
         with self._tx() as q:
             self._insert(q, [row])
 
-    def _insert(self, q: _Query, rows: Sequence[LabelRow]) -> None:
+    def _insert(self, q: Query, rows: Sequence[LabelRow]) -> None:
         cols = ("id", *LABEL_COLUMNS)
         q.many(f"INSERT INTO labels ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                [("lb_" + uuid.uuid4().hex, *(_clean(getattr(r, c)) for c in LABEL_COLUMNS)) for r in rows])

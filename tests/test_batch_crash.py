@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from tests.serving import free_port, wait_serving
 
 from wattwise.inprocess import serve_in_thread
 from wattwise.store.sql import opened
@@ -55,11 +55,6 @@ def upstream() -> Iterator[tuple[str, list[str]]]:
         yield base, seen
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class Replica:
     """``python -m wattwise.cli serve`` as a child process."""
@@ -71,15 +66,7 @@ class Replica:
         self.proc = subprocess.Popen([sys.executable, "-m", "wattwise.cli", "serve", "--config", str(config),
                                       "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=config.parent)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(self.base + "/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, "replica did not start"
-            time.sleep(0.05)
+        wait_serving(self.base, self.proc)
 
     def kill9(self) -> None:
         self.proc.kill()  # SIGKILL: no lifespan shutdown, no drain, no lease release

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from tests.serving import free_port, wait_serving
 from tests.test_store import record
 
 from wattwise.cli import main, parse_since
@@ -74,11 +74,6 @@ def test_parse_since() -> None:
     assert parse_since(None) is None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def test_serve_flushes_traces_on_sigterm(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/t.db"
@@ -91,14 +86,7 @@ def test_serve_flushes_traces_on_sigterm(tmp_path: Path) -> None:
                              "--port", str(port)], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
+        wait_serving(base, proc)
         for _ in range(25):
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
             assert httpx.post(base + "/v1/chat/completions", json=body).status_code == 200

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from tests.serving import free_port, wait_serving
 
 from wattwise.store.sql import opened
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -38,15 +32,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "wattwise.cli", "serve", "--config", str(config),
                                       "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.base + "/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+        wait_serving(self.base, self.proc, timeout_s=60)
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)  # no lifespan shutdown, no drain

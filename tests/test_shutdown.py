@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
-from tests.test_cli import free_port
+from tests.serving import free_port, wait_serving
 
 from wattwise.store.sql import opened
 
@@ -42,14 +41,7 @@ def test_sigterm_records_cut_streams_as_shutdown(tmp_path: Path) -> None:
             pass  # the server cut the stream: expected
 
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
+        wait_serving(base, proc)
         reader = threading.Thread(target=stream)
         reader.start()
         assert started.wait(10)

@@ -83,6 +83,10 @@ class Embedder:
         norm = float(np.sqrt(vec @ vec))
         return vec / norm if norm > 0 else vec
 
+    def vector(self, text: str) -> np.ndarray:
+        """The text's single-view vector: the L2-normalised mean of its tokens' vectors (256 float32)."""
+        return np.asarray(self._pool(text), dtype=np.float32)
+
     def embed(self, text: str) -> np.ndarray:
         """The prompt's vector: normalised means of its whole (head+tail) and last views."""
         if self._memo is not None and text in self._memo:

@@ -1,0 +1,377 @@
+"""The semantic cache's brain: a guard against wrong hits and thresholds learned from verified evidence.
+
+A semantic hit serves the answer of an earlier, similar request. Similar is not the same: "what is
+12*7" and "what is 12*8" embed almost identically. So a candidate (the nearest cached entry, found by
+cosine similarity of ``Embedder.vector``) is served only when
+
+1. the **guard** finds no answer-determining difference between the two texts: numbers (digits and
+   number words), named entities (capitalised or all-caps words, which must appear in the other text),
+   identifiers (snake_case, camelCase, dotted names, paths, URLs, e-mails, versions), negations,
+   quoted strings, code spans and blocks, and content words: each content word (non-stopword) of one
+   text needs a counterpart in the other whose WordLlama token vector is within cosine ``theta``
+   ("python" and "java" are far apart, "book" and "books" close); and
+2. the similarity clears the **threshold** of the request's class, learned online from verifications
+   (vCache's idea): a sampled candidate is *verified*, i.e. the request goes upstream anyway and
+   ``same_answer(cached, fresh)`` says whether the hit would have been right. ``Thresholds`` keeps per
+   class counts of verified candidates and wrong ones in similarity bins, and opens the lowest
+   threshold at which the Wilson upper bound of the false-hit rate (the share of wrong candidates
+   that would be served) is at most ``max_error``. With no evidence it never answers "hit"; every
+   candidate is verified while evidence is thin, a small share after.
+
+Features are plain JSON (``to_dict``/``from_dict``) so entries can live in Redis; so do thresholds
+(a few integer counts per class).
+
+Usage::
+
+    guard = Guard(Embedder.load())
+    fa, fb = guard.features(cached_prompt), guard.features(new_prompt)
+    reason = guard.differs(fa, fb)             # None, or e.g. "numbers differ: 8 vs 7"
+    th = Thresholds(max_error=0.01)
+    verdict = th.verdict(guard.klass(fb), similarity) if reason is None else "miss"
+    ...                                        # on "verify": fetch fresh, then
+    th.observe(guard.klass(fb), similarity, same_answer(cached_answer, fresh_answer))
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from wattwise.routing.embed import Embedder
+
+Verdict = Literal["hit", "miss", "verify"]
+
+NUMBER_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
+    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40,
+    "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000,
+    "million": 10**6, "billion": 10**9, "trillion": 10**12, "first": 1, "second": 2, "third": 3,
+    "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10, "twice": 2,
+    "half": 0.5, "dozen": 12,
+}
+NEGATIONS = frozenset({"not", "no", "never", "without", "cannot", "none", "nobody", "nothing", "neither", "nor",
+                       "nowhere", "n't"})
+_STOPWORDS = """
+a an the and or but if then else of to in on at by for with from into onto over under about above below
+as than so such that this these those there here it its it's itself i me my mine myself we us our ours you
+your yours he him his she her hers they them their theirs is are was were be been being am do does did
+doing done have has had having can could will would shall should may might must get gets got getting
+what which who whom whose when where why how whether some any each every all both few more most other
+another much many very really just also too only even still ever again please let lets make makes made
+one's someone something anyone anything thing things way ways someone's
+"""
+STOPWORDS = frozenset(_STOPWORDS.split())
+
+PERSONS = {"i": "1s", "me": "1s", "my": "1s", "mine": "1s", "myself": "1s", "i'm": "1s", "i've": "1s",
+           "we": "1p", "us": "1p", "our": "1p", "ours": "1p", "ourselves": "1p",
+           "you": "2", "your": "2", "yours": "2", "yourself": "2", "yourselves": "2", "you're": "2"}
+QUESTION_WORDS = frozenset({"what", "how", "why", "where", "when", "which", "who", "whom", "whose"})
+
+_WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
+_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+(?:[.,:/]\d+)*(?:st|nd|rd|th|k|m|%)?(?![A-Za-z_])|\d+")
+_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
+_PATH = re.compile(r"(?:~|\.{1,2})?(?:/[\w.\-]+){2,}/?|\b[A-Za-z]:\\[\w\\.\- ]+")
+_VERSION = re.compile(r"\bv?\d+\.\d+(?:\.\d+)+\b|\bv\d+(?:\.\d+)*\b")
+_IDENT = re.compile(r"\b(?:[A-Za-z_]\w*_\w+|[a-z]+[A-Z]\w*|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\(?\)?|\w+\(\))")
+_CODE_BLOCK = re.compile(r"```.*?(?:```|$)", re.S)
+_CODE_SPAN = re.compile(r"`[^`\n]+`")
+_QUOTED = re.compile(r"\"([^\"\n]{1,200})\"|“([^”\n]{1,200})”|(?:(?<=\s)|^)['‘]([^'’\n]{1,200})['’](?=[\s.,;:?!)]|$)")
+_SENTENCE_END = re.compile(r"[.!?:\n]\s*$")
+
+
+def _norm_space(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _number(token: str) -> str:
+    """A canonical spelling of a number token: '1,000' -> '1000', '3.50' -> '3.5', '5th' -> '5'."""
+    core = token.lower().rstrip("%").removesuffix("st").removesuffix("nd").removesuffix("rd").removesuffix("th")
+    core = core.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", core) else core
+    try:
+        value = float(core)
+    except ValueError:
+        return core
+    return f"{value:g}" + ("%" if token.endswith("%") else "")
+
+
+def _stem(word: str) -> str:
+    word = word.lower().replace("’", "'").removesuffix("'s")
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+@dataclass(frozen=True)
+class Features:
+    """The answer-determining parts of one text (all lower-cased, sorted where order does not matter)."""
+
+    numbers: tuple[str, ...] = ()
+    entities: tuple[str, ...] = ()
+    identifiers: tuple[str, ...] = ()
+    quotes: tuple[str, ...] = ()
+    code: tuple[str, ...] = ()
+    negations: int = 0
+    person: tuple[str, ...] = ()
+    question: tuple[str, ...] = ()
+    words: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Features:
+        fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+        return cls(**fields)
+
+
+ALL_CHECKS = ("code", "quotes", "identifiers", "numbers", "negations", "entities", "person", "question", "order",
+              "words")
+
+
+class Guard:
+    """Extracts ``Features`` and refuses a candidate hit whose answer-determining parts differ.
+
+    ``theta`` is the cosine two content words' WordLlama vectors need to count as counterparts;
+    ``checks`` names the checks to run (all by default; the evaluation switches them off one by one).
+    """
+
+    def __init__(self, embedder: Embedder, *, theta: float = 0.4, checks: tuple[str, ...] = ALL_CHECKS,
+                 memo_words: int = 50_000) -> None:
+        unknown = set(checks) - set(ALL_CHECKS)
+        if unknown:
+            raise ValueError(f"unknown guard checks: {sorted(unknown)}")
+        self.embedder = embedder
+        self.theta = theta
+        self.checks = tuple(checks)
+        self._memo_words = memo_words
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def features(self, text: str) -> Features:
+        """The text's features; about 0.1 ms for a question, linear in its length."""
+        code = [_norm_space(m.group(0).strip("`")) for m in _CODE_BLOCK.finditer(text)]
+        prose = _CODE_BLOCK.sub(" ", text)
+        code += [_norm_space(m.group(0).strip("`")) for m in _CODE_SPAN.finditer(prose)]
+        prose = _CODE_SPAN.sub(" ", prose)
+        quotes = [_norm_space(next(g for g in m.groups() if g is not None)).lower() for m in _QUOTED.finditer(prose)]
+        idents: list[str] = []
+        for pattern in (_URL, _EMAIL, _PATH, _VERSION, _IDENT):
+            idents += [m.group(0).rstrip(".,;:?!)").lower() for m in pattern.finditer(prose)]
+            prose = pattern.sub(" ", prose)
+        numbers = [_number(m.group(0)) for m in _NUMBER.finditer(prose)]
+        negations, entities, person, question, words = 0, set(), set(), set(), []
+        for m in _WORD.finditer(prose):
+            raw = m.group(0)
+            low = raw.lower().replace("’", "'")
+            if low.endswith("n't") or low in NEGATIONS:
+                negations += 1
+                continue
+            if low in PERSONS:
+                person.add(PERSONS[low])
+            if low in QUESTION_WORDS:
+                question.add(low)
+            if low in NUMBER_WORDS:
+                numbers.append(f"{NUMBER_WORDS[low]:g}")
+                continue
+            if low in STOPWORDS or (low.endswith("'s") and low[:-2] in STOPWORDS):
+                continue
+            stem = _stem(low)
+            if stem not in words:
+                words.append(stem)
+            if (raw[0].isupper() and not _sentence_start(prose, m.start())) or (len(raw) > 1 and raw.isupper()):
+                entities.add(stem)
+        return Features(numbers=tuple(sorted(numbers)), entities=tuple(sorted(entities)),
+                        identifiers=tuple(sorted(set(idents))), quotes=tuple(sorted(set(quotes))),
+                        code=tuple(sorted(set(code))), negations=negations, person=tuple(sorted(person)),
+                        question=tuple(sorted(question)), words=tuple(words))
+
+    def differs(self, a: Features, b: Features) -> str | None:
+        """None when no answer-determining part differs, else a short reason."""
+        for check in self.checks:
+            reason = self._check(check, a, b)
+            if reason is not None:
+                return reason
+        return None
+
+    def klass(self, features: Features) -> str:
+        """The threshold class of a request: how many content words it has (short questions are riskier)."""
+        n = len(features.words)
+        return "short" if n <= 3 else "medium" if n <= 7 else "long"
+
+    def unmatched(self, a: Features, b: Features) -> tuple[str, str] | None:
+        """A content word of one text with no counterpart (cosine >= theta) in the other, else None."""
+        for x, y in ((a, b), (b, a)):
+            missing = [w for w in x.words if w not in set(y.words)]
+            if not missing:
+                continue
+            if not y.words:
+                return missing[0], ""
+            best = self._matrix(missing) @ self._matrix(list(y.words)).T
+            worst = int(np.argmin(best.max(axis=1)))
+            if float(best[worst].max()) < self.theta:
+                return missing[worst], y.words[int(np.argmax(best[worst]))]
+        return None
+
+    def _check(self, check: str, a: Features, b: Features) -> str | None:
+        if check == "negations":
+            return None if a.negations == b.negations else f"negations differ: {a.negations} vs {b.negations}"
+        if check == "entities":
+            for x, y in ((a, b), (b, a)):
+                missing = sorted(set(x.entities) - set(y.words))
+                if missing:
+                    return f"entity only in one text: {missing[0]}"
+            return None
+        if check == "order":
+            left = [w for w in a.words if w in set(b.words)]
+            right = [w for w in b.words if w in set(a.words)]
+            return None if left == right else f"word order differs: {' '.join(left)[:40]} vs {' '.join(right)[:40]}"
+        if check == "words":
+            pair = self.unmatched(a, b)
+            return None if pair is None else f"content words differ: {pair[0]} vs {pair[1] or '-'}"
+        left, right = getattr(a, check), getattr(b, check)
+        if left == right:
+            return None
+        return f"{check} differ: {_show(left)} vs {_show(right)}"
+
+    def _matrix(self, words: list[str]) -> np.ndarray:
+        return np.vstack([self._vector(w) for w in words])
+
+    def _vector(self, word: str) -> np.ndarray:
+        vec = self._vectors.get(word)
+        if vec is None:
+            if len(self._vectors) >= self._memo_words:
+                self._vectors.clear()
+            vec = self.embedder.vector(word)
+            self._vectors[word] = vec
+        return vec
+
+
+def _sentence_start(text: str, pos: int) -> bool:
+    before = text[:pos].rstrip(" \t\"'“‘(")
+    return not before or _SENTENCE_END.search(before + " ") is not None
+
+
+def _show(values: tuple[str, ...]) -> str:
+    return ", ".join(values)[:60] or "-"
+
+
+def wilson_upper(errors: float, n: float, z: float = 1.645) -> float:
+    """The Wilson score upper bound of a binomial rate (one-sided 95% for z = 1.645)."""
+    if n <= 0:
+        return 1.0
+    p = errors / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+class Thresholds:
+    """Per-class similarity thresholds learned online from verified candidates.
+
+    ``max_error`` bounds the **false-hit rate**: the share of wrong candidates (ones whose cached answer
+    would not do) that are served. Similarities in ``[floor, 1]`` fall into ``bins`` equal bins; each
+    class keeps, per bin, how many candidates were verified and how many of those were wrong. The
+    threshold is the lowest bin edge such that the Wilson upper bound (one-sided, ``z``) of
+    ``wrong at or above the edge / all wrong`` is at most ``max_error``; until enough wrong candidates
+    have been seen for any edge to pass, there is no threshold and nothing is served. Wrong candidates
+    below ``floor`` or refused by the guard are never counted, so the bound is conservative.
+
+    Verification samples every candidate at the same rate, hit or not, so per-bin counts stay
+    comparable: the rate is 1 until the class has ``warm`` verified candidates and ``explore``
+    after. ``verdict`` answers "miss" below ``floor``, "verify" for the sampled ones, "hit" at or above
+    the threshold and "miss" below it.
+    """
+
+    def __init__(self, max_error: float = 0.01, *, floor: float = 0.8, bins: int = 40, warm: int = 2000,
+                 explore: float = 0.05, z: float = 1.645, seed: int = 0) -> None:
+        if not 0 < max_error < 1:
+            raise ValueError("max_error must be in (0, 1)")
+        self.max_error, self.floor, self.bins, self.warm, self.explore, self.z = (
+            max_error, floor, bins, warm, explore, z)
+        self._rng = random.Random(seed)
+        self._counts: dict[str, tuple[list[int], list[int]]] = {}
+        self._cache: dict[str, float | None] = {}
+
+    def bin(self, similarity: float) -> int:
+        return min(self.bins - 1, max(0, int((similarity - self.floor) / (1 - self.floor) * self.bins)))
+
+    def threshold(self, klass: str) -> float | None:
+        """The class's current threshold, or None while the evidence does not support any."""
+        if klass not in self._cache:
+            self._cache[klass] = self._learn(klass)
+        return self._cache[klass]
+
+    def verify_rate(self, klass: str) -> float:
+        """The share of the class's candidates verified now: all while evidence is thin."""
+        n = sum(self._counts[klass][0]) if klass in self._counts else 0
+        return 1.0 if n < self.warm else self.explore
+
+    def verdict(self, klass: str, similarity: float) -> Verdict:
+        if similarity < self.floor:
+            return "miss"
+        if self._rng.random() < self.verify_rate(klass):
+            return "verify"
+        t = self.threshold(klass)
+        return "hit" if t is not None and similarity >= t else "miss"
+
+    def observe(self, klass: str, similarity: float, same: bool) -> None:
+        """Record one verified candidate: was the cached answer as good as the fresh one?"""
+        if similarity < self.floor:
+            return
+        n, e = self._counts.setdefault(klass, ([0] * self.bins, [0] * self.bins))
+        b = self.bin(similarity)
+        n[b] += 1
+        e[b] += 0 if same else 1
+        self._cache.pop(klass, None)
+
+    def _learn(self, klass: str) -> float | None:
+        if klass not in self._counts:
+            return None
+        wrong = self._counts[klass][1]
+        total, above, best = sum(wrong), 0, None
+        for b in range(self.bins - 1, -1, -1):
+            above += wrong[b]
+            if wilson_upper(above, total, self.z) <= self.max_error:
+                best = b
+        return None if best is None else self.floor + best * (1 - self.floor) / self.bins
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_error": self.max_error, "floor": self.floor, "bins": self.bins, "warm": self.warm,
+                "explore": self.explore, "z": self.z,
+                "counts": {k: {"n": n, "wrong": e} for k, (n, e) in self._counts.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Thresholds:
+        th = cls(data["max_error"], floor=data["floor"], bins=data["bins"], warm=data["warm"],
+                 explore=data["explore"], z=data["z"])
+        th._counts = {k: (list(v["n"]), list(v["wrong"])) for k, v in data.get("counts", {}).items()}
+        return th
+
+
+def same_answer(cached: str, fresh: str, *, guard: Guard | None = None, min_cosine: float = 0.95) -> bool:
+    """Whether a verification found the cached answer as good as the fresh one.
+
+    Equal after normalising case, whitespace and trailing punctuation; or, given a guard, no
+    answer-determining difference between the two answers and their embeddings within ``min_cosine``.
+    """
+    if _normal(cached) == _normal(fresh):
+        return True
+    if guard is None:
+        return False
+    fa, fb = guard.features(cached), guard.features(fresh)
+    if guard.differs(fa, fb) is not None:
+        return False
+    va, vb = guard.embedder.vector(cached), guard.embedder.vector(fresh)
+    return float(va @ vb) >= min_cosine
+
+
+def _normal(text: str) -> str:
+    return _norm_space(text).lower().rstrip(".!?;: ")

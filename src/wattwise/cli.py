@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from wattwise.access.cli import keys_command
+from wattwise.cache.cli import cache_eval_command
 from wattwise.exceptions import WattwiseError
 from wattwise.routing.cli import eval_command, train_command
 from wattwise.routing.flysim_cli import flysim_command
@@ -211,6 +212,7 @@ main.add_command(simulate_command)
 main.add_command(plan_command)
 main.add_command(keys_command)
 main.add_command(flysim_command)
+main.add_command(cache_eval_command)
 
 
 if __name__ == "__main__":

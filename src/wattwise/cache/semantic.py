@@ -27,9 +27,10 @@ Usage::
     fa, fb = guard.features(cached_prompt), guard.features(new_prompt)
     reason = guard.differs(fa, fb)             # None, or e.g. "numbers differ: 8 vs 7"
     th = Thresholds(max_error=0.01)
-    verdict = th.verdict(guard.klass(fb), similarity) if reason is None else "miss"
-    ...                                        # on "verify": fetch fresh, then
-    th.observe(guard.klass(fb), similarity, same_answer(cached_answer, fresh_answer))
+    klass = guard.klass(fa, fb)
+    verdict = th.verdict(klass, similarity, refused=reason is not None)
+    ...                                        # on "verify": fetch fresh, serve it, then
+    th.observe(klass, similarity, same_answer(cached_answer, fresh_answer), refused=reason is not None)
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class Features:
     person: tuple[str, ...] = ()
     question: tuple[str, ...] = ()
     words: tuple[str, ...] = field(default=())
+    vocabulary: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,10 +169,11 @@ class Guard:
             idents += [m.group(0).rstrip(".,;:?!)").lower() for m in pattern.finditer(prose)]
             prose = pattern.sub(" ", prose)
         numbers = [_number(m.group(0)) for m in _NUMBER.finditer(prose)]
-        negations, entities, person, question, words = 0, set(), set(), set(), []
+        negations, entities, person, question, words, vocabulary = 0, set(), set(), set(), [], set()
         for m in _WORD.finditer(prose):
             raw = m.group(0)
             low = raw.lower().replace("’", "'")
+            vocabulary.add(low)
             if low.endswith("n't") or low in NEGATIONS:
                 negations += 1
                 continue
@@ -191,7 +194,7 @@ class Guard:
         return Features(numbers=tuple(sorted(numbers)), entities=tuple(sorted(entities)),
                         identifiers=tuple(sorted(set(idents))), quotes=tuple(sorted(set(quotes))),
                         code=tuple(sorted(set(code))), negations=negations, person=tuple(sorted(person)),
-                        question=tuple(sorted(question)), words=tuple(words))
+                        question=tuple(sorted(question)), words=tuple(words), vocabulary=tuple(sorted(vocabulary)))
 
     def differs(self, a: Features, b: Features) -> str | None:
         """None when no answer-determining part differs, else a short reason."""
@@ -201,10 +204,15 @@ class Guard:
                 return reason
         return None
 
-    def klass(self, features: Features) -> str:
-        """The threshold class of a request: how many content words it has (short questions are riskier)."""
-        n = len(features.words)
-        return "short" if n <= 3 else "medium" if n <= 7 else "long"
+    def klass(self, a: Features, b: Features) -> str:
+        """The threshold class of a candidate: "near" when the two texts share at least half of their words.
+
+        Wrong candidates that pass the guard are mostly near-copies with one small change, so "near"
+        candidates get a threshold of their own and the false-hit bound holds among them too.
+        """
+        left, right = set(a.vocabulary), set(b.vocabulary)
+        shared = len(left & right) / max(1, len(left), len(right))
+        return "near" if shared >= 0.5 else "far"
 
     def unmatched(self, a: Features, b: Features) -> tuple[str, str] | None:
         """A content word of one text with no counterpart (cosine >= theta) in the other, else None."""
@@ -276,28 +284,29 @@ def wilson_upper(errors: float, n: float, z: float = 1.645) -> float:
 class Thresholds:
     """Per-class similarity thresholds learned online from verified candidates.
 
-    ``max_error`` bounds the **false-hit rate**: the share of wrong candidates (ones whose cached answer
-    would not do) that are served. Similarities in ``[floor, 1]`` fall into ``bins`` equal bins; each
-    class keeps, per bin, how many candidates were verified and how many of those were wrong. The
-    threshold is the lowest bin edge such that the Wilson upper bound (one-sided, ``z``) of
-    ``wrong at or above the edge / all wrong`` is at most ``max_error``; until enough wrong candidates
-    have been seen for any edge to pass, there is no threshold and nothing is served. Wrong candidates
-    below ``floor`` or refused by the guard are never counted, so the bound is conservative.
+    ``max_error`` bounds the **false-hit rate**: the share of wrong candidates (lookups whose nearest
+    entry's answer would not do) that are served. A sampled share of *all* candidates at or above
+    ``floor`` is verified, including those the guard refused (they go upstream anyway, so a
+    verification costs one answer comparison). Per class the state is, for guard-passing candidates in
+    ``bins`` equal similarity bins over ``[floor, 1]``, the number verified and the number wrong, plus
+    the same two numbers for refused candidates. The threshold is the lowest bin edge at which the
+    Wilson upper bound (one-sided, ``z``) of ``wrong passing candidates at or above the edge / all wrong
+    candidates`` is at most ``max_error``; until the evidence supports some edge, nothing is served.
 
-    Verification samples every candidate at the same rate, hit or not, so per-bin counts stay
-    comparable: the rate is 1 until the class has ``warm`` verified candidates and ``explore``
-    after. ``verdict`` answers "miss" below ``floor``, "verify" for the sampled ones, "hit" at or above
-    the threshold and "miss" below it.
+    Every candidate is sampled at the same rate, hit or not, refused or not, so the counts stay
+    comparable: the rate is 1 until the class has ``warm`` verified candidates and ``explore`` after.
+    ``verdict`` answers "verify" for sampled candidates, else "hit" for guard-passing ones at or above
+    the threshold, else "miss".
     """
 
-    def __init__(self, max_error: float = 0.01, *, floor: float = 0.8, bins: int = 40, warm: int = 2000,
+    def __init__(self, max_error: float = 0.01, *, floor: float = 0.5, bins: int = 50, warm: int = 2000,
                  explore: float = 0.05, z: float = 1.645, seed: int = 0) -> None:
         if not 0 < max_error < 1:
             raise ValueError("max_error must be in (0, 1)")
         self.max_error, self.floor, self.bins, self.warm, self.explore, self.z = (
             max_error, floor, bins, warm, explore, z)
         self._rng = random.Random(seed)
-        self._counts: dict[str, tuple[list[int], list[int]]] = {}
+        self._counts: dict[str, dict[str, list[int]]] = {}
         self._cache: dict[str, float | None] = {}
 
     def bin(self, similarity: float) -> int:
@@ -311,32 +320,38 @@ class Thresholds:
 
     def verify_rate(self, klass: str) -> float:
         """The share of the class's candidates verified now: all while evidence is thin."""
-        n = sum(self._counts[klass][0]) if klass in self._counts else 0
+        c = self._counts.get(klass)
+        n = sum(c["n"]) + c["refused"][0] if c else 0
         return 1.0 if n < self.warm else self.explore
 
-    def verdict(self, klass: str, similarity: float) -> Verdict:
+    def verdict(self, klass: str, similarity: float, *, refused: bool = False) -> Verdict:
+        """What to do with a candidate; ``refused`` when the guard found a difference."""
         if similarity < self.floor:
             return "miss"
         if self._rng.random() < self.verify_rate(klass):
             return "verify"
         t = self.threshold(klass)
-        return "hit" if t is not None and similarity >= t else "miss"
+        return "hit" if not refused and t is not None and similarity >= t else "miss"
 
-    def observe(self, klass: str, similarity: float, same: bool) -> None:
+    def observe(self, klass: str, similarity: float, same: bool, *, refused: bool = False) -> None:
         """Record one verified candidate: was the cached answer as good as the fresh one?"""
         if similarity < self.floor:
             return
-        n, e = self._counts.setdefault(klass, ([0] * self.bins, [0] * self.bins))
-        b = self.bin(similarity)
-        n[b] += 1
-        e[b] += 0 if same else 1
+        c = self._counts.setdefault(klass, {"n": [0] * self.bins, "wrong": [0] * self.bins, "refused": [0, 0]})
+        if refused:
+            c["refused"][0] += 1
+            c["refused"][1] += 0 if same else 1
+        else:
+            b = self.bin(similarity)
+            c["n"][b] += 1
+            c["wrong"][b] += 0 if same else 1
         self._cache.pop(klass, None)
 
     def _learn(self, klass: str) -> float | None:
         if klass not in self._counts:
             return None
-        wrong = self._counts[klass][1]
-        total, above, best = sum(wrong), 0, None
+        wrong = self._counts[klass]["wrong"]
+        total, above, best = sum(wrong) + self._counts[klass]["refused"][1], 0, None
         for b in range(self.bins - 1, -1, -1):
             above += wrong[b]
             if wilson_upper(above, total, self.z) <= self.max_error:
@@ -345,14 +360,13 @@ class Thresholds:
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_error": self.max_error, "floor": self.floor, "bins": self.bins, "warm": self.warm,
-                "explore": self.explore, "z": self.z,
-                "counts": {k: {"n": n, "wrong": e} for k, (n, e) in self._counts.items()}}
+                "explore": self.explore, "z": self.z, "counts": self._counts}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Thresholds:
         th = cls(data["max_error"], floor=data["floor"], bins=data["bins"], warm=data["warm"],
                  explore=data["explore"], z=data["z"])
-        th._counts = {k: (list(v["n"]), list(v["wrong"])) for k, v in data.get("counts", {}).items()}
+        th._counts = {k: {name: list(v) for name, v in c.items()} for k, c in data.get("counts", {}).items()}
         return th
 
 

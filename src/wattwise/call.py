@@ -33,7 +33,9 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from wattwise.backends.base import ChatRequest, Completion, StreamEvent
-from wattwise.exceptions import InternalError, WattwiseError
+from wattwise.cache.cache import Hit, Plan, ResponseCache
+from wattwise.cache.entry import StreamAnswer
+from wattwise.exceptions import InternalError, InvalidRequest, WattwiseError
 from wattwise.metering.energy import UNKNOWN, EnergyProfile, EnergyReading, estimate
 from wattwise.metering.pricing import Price, cost_usd
 from wattwise.metering.usage import Usage
@@ -104,6 +106,8 @@ class Outcome:
     ttft_s: float | None = None
     completion: Completion | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    cache: str | None = None  # the response cache: "hit", "miss", "bypass" (None: no cache configured)
+    cached: Hit | None = None  # the entry a hit served, and how it was found
 
 
 class Meter:
@@ -162,6 +166,11 @@ class Recorder:
         self.metrics.observe(model=record.model or "none", status=status, usage=outcome.usage if outcome else None,
                              cost=record.cost_usd, energy=outcome.energy if outcome else None,
                              latency_s=latency, ttft_s=record.ttft_s)
+        if record.cache is not None:
+            plan = call.cache_plan
+            kind = outcome.cached.kind if outcome and outcome.cached else (plan.mode if plan else "off")
+            self.metrics.observe_cache(result=record.cache, kind=kind, saved_usd=record.saved_usd,
+                                       saved_j=record.saved_j)
         if record.key_id is not None or record.team is not None:
             self.metrics.observe_key(key=record.key_id, team=record.team, status=status, cost=record.cost_usd,
                                      energy_j=record.energy_j)
@@ -225,6 +234,10 @@ def trace_record(call: Call, outcome: Outcome | None, *, store_content: bool, la
         http_status=http_status, error=error, score=outcome.score if outcome else None,
         calls=json.dumps(call.calls) if call.calls else None,
         router_version=decision.router_version if decision else None,
+        cache=outcome.cache if outcome else None,
+        cache_source=outcome.cached.entry.request_id if outcome and outcome.cached else None,
+        saved_usd=outcome.cached.entry.cost_usd if outcome and outcome.cached else None,
+        saved_j=outcome.cached.entry.energy_j if outcome and outcome.cached else None,
     )
 
 
@@ -240,7 +253,8 @@ class Call:
     """One request's life: decide, run, meter; it writes its trace row exactly once."""
 
     def __init__(self, *, body: ChatBody, request: ChatRequest, request_id: str, tag: str | None,
-                 decide: Decide, dispatcher: Dispatcher, meter: Meter, recorder: Recorder) -> None:
+                 decide: Decide, dispatcher: Dispatcher, meter: Meter, recorder: Recorder,
+                 cache: ResponseCache | None = None) -> None:
         self.body = body
         self.request = request
         self.request_id = request_id
@@ -266,6 +280,11 @@ class Call:
         self.principal: Any = None
         self.store_content: bool | None = None
         self.on_close: Callable[[Call], None] | None = None
+        # The response cache, and the request's Cache-Control header (set by the HTTP layer).
+        self.cache = cache
+        self.cache_control: str | None = None
+        self.cache_plan: Plan | None = None
+        self.streamed: StreamAnswer | None = None
         recorder.in_flight[body.wattwise.priority] += 1  # released in close(), once per call
 
     # -- the life ------------------------------------------------------------------------------
@@ -295,6 +314,11 @@ class Call:
         if self.outcome is not None and self.parts:
             self.outcome.text = "".join(self.parts)
         self._error = mapped
+        if status == "ok":
+            try:
+                self._remember()
+            except Exception:  # the cache is a side line: it never fails the request it keeps
+                log.exception("request %s: could not keep its answer in the cache", self.request_id)
         self.recorder.record(self, status=status, http_status=http_status, error=error)
         if self.on_close is not None:
             self.on_close(self)
@@ -321,7 +345,7 @@ class Call:
 
     def decide(self) -> Decision:
         decision = self._decide(self.body, self.prompt)
-        self.outcome = Outcome(decision=decision)
+        self.outcome = Outcome(decision=decision, cache=self.cache_plan.status if self.cache_plan else None)
         if decision.reasoning_effort and "reasoning_effort" not in self.request.extra:
             self.request = self.request.with_fields(reasoning_effort=decision.reasoning_effort)
         return decision
@@ -370,7 +394,45 @@ class Call:
                                             reason=f"{decision.reason}; fallback {decision.model}→{trail.model} "
                                                    f"after {why}")
 
+    # -- the response cache --------------------------------------------------------------------
+
+    async def _from_cache(self) -> bool:
+        """Serve the answer from the cache if it holds one; plans the cache for the call either way."""
+        if self.cache is None:
+            if self.body.wattwise.cache in ("exact", "semantic"):
+                raise InvalidRequest("the response cache is off on this gateway ([cache] enabled = false)",
+                                     param="wattwise.cache", code="unsupported_value")
+            return False
+        self.cache_plan = plan = self.cache.plan(self.body, principal=self.principal, cache_control=self.cache_control)
+        hit = await self.cache.lookup(plan)
+        if hit is None:
+            return False
+        entry = hit.entry
+        self.outcome = Outcome(decision=Decision(model=entry.model, policy="cache", reason=hit.reason),
+                               usage=Usage(), cost_usd=0.0, cost_source="cache_hit", energy=hit.energy,
+                               cache="hit", cached=hit, ttft_s=time.perf_counter() - self.t0)
+        self._keep(cached_completion(entry.body, request_id=self.request_id, created=int(self.ts)))
+        return True
+
+    def _remember(self) -> None:
+        plan, outcome = self.cache_plan, self.outcome
+        if self.cache is None or plan is None or not plan.save or outcome is None or outcome.cached is not None:
+            return
+        if outcome.completion is not None:
+            body = answer_body(outcome.completion, usage=outcome.usage)
+        elif self.streamed is not None and self.streamed.ok:
+            body = self.streamed.body(finish_reason=outcome.finish_reason,
+                                      usage=outcome.usage.to_openai() if outcome.usage else None)
+        else:
+            return
+        self.cache.remember(plan, body=body, model=outcome.decision.model, request_id=self.request_id,
+                            tag=self.tag, principal=self.principal, cost_usd=outcome.cost_usd,
+                            energy_j=outcome.energy.joules)
+
     async def complete(self) -> Outcome:
+        if await self._from_cache():
+            assert self.outcome is not None
+            return self.outcome
         decision = self.decide()
         assert self.outcome is not None
         if decision.execute is not None:
@@ -386,9 +448,16 @@ class Call:
 
     async def stream(self) -> AsyncIterator[StreamEvent]:
         """Backend events as they come; once they end, the answer is metered into ``outcome``."""
+        if await self._from_cache():
+            assert self.outcome is not None
+            for event in replayed(self.outcome.completion):
+                yield event
+            return
         decision = self.decide()
         outcome = self.outcome
         assert outcome is not None
+        if self.cache_plan is not None and self.cache_plan.save:
+            self.streamed = StreamAnswer()
         if decision.execute is not None:
             # A cascade cannot stream before its check: run it, then send the kept answer.
             await self._multi(decision.execute)
@@ -410,6 +479,8 @@ class Call:
                     outcome.ttft_s = time.perf_counter() - self.t0
                 if event.delta:
                     self.parts.append(event.delta)
+                if self.streamed is not None:
+                    _assemble(self.streamed, event)
                 seen.take(event)
                 yield event
         finally:
@@ -439,12 +510,55 @@ class _Seen:
 
 
 def replayed(done: Completion | None) -> list[StreamEvent]:
-    """A finished answer as stream events (a cascade's kept answer, sent after its check)."""
+    """A finished answer as stream events (a cascade's kept answer, sent after its check; a cache hit).
+
+    Tool calls get the ``index`` a streamed tool-call delta carries (clients merge deltas by it).
+    """
     if done is None:
         return [StreamEvent(finish_reason="stop")]
-    extra = {k: v for k, v in done.message_extra.items() if k != "role"} or None
-    return [StreamEvent(delta=done.text or "", delta_extra=extra, logprobs=done.logprobs),
+    extra = {k: v for k, v in done.message_extra.items() if k != "role"}
+    if isinstance(extra.get("tool_calls"), list):
+        extra["tool_calls"] = [{"index": i, **call} if isinstance(call, dict) else call
+                               for i, call in enumerate(extra["tool_calls"])]
+    return [StreamEvent(delta=done.text or "", delta_extra=extra or None, logprobs=done.logprobs),
             StreamEvent(finish_reason=done.finish_reason)]
+
+
+def _assemble(answer: StreamAnswer, event: StreamEvent) -> None:
+    """Feed one stream event to the answer being rebuilt for the cache."""
+    if event.raw is not None:
+        choices = event.raw.get("choices") or []
+        first = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None)
+        delta = first.get("delta") if first else None
+        answer.add(delta if isinstance(delta, dict) else {}, event.logprobs, event.raw)
+        if any(isinstance(c, dict) and c.get("index", 0) != 0 for c in choices):
+            answer.ok = False
+        return
+    answer.add({"content": event.delta, **(event.delta_extra or {})}, event.logprobs)
+
+
+def answer_body(done: Completion, *, usage: Usage | None) -> dict[str, Any]:
+    """A finished answer as a ``chat.completion`` body without its per-request fields (what the cache
+    keeps): a pass-through backend's own body, else one built like the API renders it."""
+    if done.raw is not None:
+        return {k: v for k, v in done.raw.items() if k not in ("id", "created", "wattwise")}
+    message: dict[str, Any] = {"role": "assistant", "content": done.text, **done.message_extra}
+    return {"object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason,
+                         "logprobs": done.logprobs}],
+            "usage": usage.to_openai() if usage else None}
+
+
+def cached_completion(body: dict[str, Any], *, request_id: str, created: int) -> Completion:
+    """A cached answer as the :class:`Completion` this request serves (its own id and time)."""
+    choice = (body.get("choices") or [{}])[0]
+    message = dict(choice.get("message") or {})
+    content = message.pop("content", None)
+    message.pop("role", None)
+    raw = {**body, "id": "chatcmpl-" + request_id.removeprefix("req_"), "created": created}
+    return Completion(text=content if isinstance(content, str) else None,
+                      finish_reason=choice.get("finish_reason") or "stop", message_extra=message,
+                      logprobs=choice.get("logprobs"), raw=raw)
 
 
 def _ending(exc: BaseException | None, *, stopping: bool, cancelled_as: tuple[str, int, str]

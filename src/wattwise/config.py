@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wattwise.exceptions import ConfigError
 
@@ -276,6 +276,47 @@ class FlywheelConfig(_Strict):
     seed: int = 0
 
 
+class CacheConfig(_Strict):
+    """The response cache (see docs/cache.md).
+
+    ``default``: what a deterministic request (temperature 0 or a ``seed``) gets when it does not
+    say (``wattwise.cache``); other requests are cached only when they ask. ``semantic``: load the
+    embedding, guard and thresholds so requests may ask for semantic hits (``default = "semantic"``
+    needs it). ``url``: ``""`` keeps entries in this process (at most ``max_entries``, least recently
+    used evicted); ``redis://…`` shares them between replicas. ``share``: entries belong to the API
+    key (``"key"``), its team (``"team"``) or everyone (``"all"``). ``max_error``: the semantic
+    cache's allowed false-hit rate, which its learned thresholds keep to. ``lookup_watts``: the
+    power a lookup is assumed to draw, for a hit's estimated energy.
+    """
+
+    enabled: bool = True
+    default: Literal["off", "exact", "semantic"] = "exact"
+    semantic: bool = False
+    url: str = ""
+    prefix: str = "wattwise:cache:"
+    timeout_s: float = Field(default=0.5, gt=0)
+    max_entries: int = Field(default=10_000, ge=1)
+    max_entry_bytes: int = Field(default=1_000_000, ge=1)
+    ttl_s: float = Field(default=86_400.0, gt=0)
+    share: Literal["key", "team", "all"] = "key"
+    max_error: float = Field(default=0.01, gt=0, lt=1)
+    candidates: int = Field(default=4, ge=1, le=64)
+    lookup_watts: float = Field(default=15.0, ge=0)
+
+    @model_validator(mode="after")
+    def _semantic_default(self) -> CacheConfig:
+        if self.default == "semantic" and not self.semantic:
+            raise ValueError('default = "semantic" needs semantic = true')
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty (this process) or a redis:// URL")
+        return value
+
+
 class Config(_Strict):
     """The whole gateway configuration."""
 
@@ -288,6 +329,7 @@ class Config(_Strict):
     state: StateConfig = StateConfig()
     budgets: BudgetsConfig = BudgetsConfig()
     flywheel: FlywheelConfig = FlywheelConfig()
+    cache: CacheConfig = CacheConfig()
     models: dict[str, ModelConfig]
 
     @field_validator("models")

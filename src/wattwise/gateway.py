@@ -18,6 +18,7 @@ import time
 from typing import Protocol
 
 from wattwise.backends.base import Backend, ChatRequest
+from wattwise.cache import build_cache
 from wattwise.call import Answer, Call, CallFn, Decision, Meter, MultiCall, Outcome, Recorder, hash_key_from_env
 from wattwise.config import Config, ModelConfig
 from wattwise.exceptions import ModelNotFound
@@ -95,6 +96,7 @@ class Gateway:
         self.recorder = Recorder(writer=self.writer, metrics=self.metrics, store_content=config.store.store_content,
                                  hash_key=hash_key_from_env(config.store.hash_key_env)
                                  or hash_key_from_env(config.auth.master_key_env))
+        self.cache = build_cache(config, backends=backends)
         self.started_at = time.time()
         self.health: HealthChecker | None = None
         # Work the gateway runs beside requests (the flywheel), started after the trace writer and
@@ -130,6 +132,8 @@ class Gateway:
             await self.health.stop()
         for service in reversed(self.services):
             await service.stop()
+        if self.cache is not None:
+            await self.cache.aclose()
         self.writer.close()
         closing = {id(b): b for b in [*self.backends.values(), *self.dispatcher.backends()]}
         for backend in closing.values():
@@ -158,4 +162,5 @@ class Gateway:
     def call(self, body: ChatBody, *, request_id: str, tag: str | None, request: ChatRequest | None = None) -> Call:
         """Open one request's :class:`~wattwise.call.Call` (an async context manager)."""
         return Call(body=body, request=request or self.backend_request(body), request_id=request_id, tag=tag,
-                    decide=self.decide, dispatcher=self.dispatcher, meter=self.meter, recorder=self.recorder)
+                    decide=self.decide, dispatcher=self.dispatcher, meter=self.meter, recorder=self.recorder,
+                    cache=self.cache)

@@ -51,6 +51,12 @@ class Metrics:
         self.ttft = Histogram("wattwise_time_to_first_token_seconds", "Time to first token (streams)",
                               ["model"], registry=r)
         self.in_flight = Gauge("wattwise_in_flight_requests", "Requests being served", registry=r)
+        self.cache = Counter("wattwise_cache_requests", "Chat requests by response-cache result and kind",
+                             ["result", "kind"], registry=r)
+        self.cache_saved_usd = Counter("wattwise_cache_saved_usd", "Dollars the served cache hits had cost",
+                                       registry=r)
+        self.cache_saved_energy = Counter("wattwise_cache_saved_joules", "Joules the served cache hits had cost",
+                                          registry=r)
         self.trace_backlog = Gauge("wattwise_trace_backlog", "Trace rows accepted but not yet written",
                                    registry=r)
 
@@ -69,6 +75,13 @@ class Metrics:
             self.cost.labels(model).inc(cost)
         if energy is not None and energy.joules is not None:
             self.energy.labels(model, energy.source).inc(energy.joules)
+
+    def observe_cache(self, *, result: str, kind: str, saved_usd: float | None, saved_j: float | None) -> None:
+        self.cache.labels(result, kind).inc()
+        if saved_usd is not None:
+            self.cache_saved_usd.inc(saved_usd)
+        if saved_j is not None:
+            self.cache_saved_energy.inc(saved_j)
 
     def observe_key(self, *, key: str | None, team: str | None, status: str, cost: float | None,
                     energy_j: float | None) -> None:

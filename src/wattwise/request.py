@@ -254,6 +254,7 @@ class WattwiseOptions(BaseModel):
     max_cost_usd: float | None = Field(default=None, ge=0.0, le=1e9)
     priority: Literal["interactive", "batch"] = "interactive"
     tag: str | None = Field(default=None, max_length=200)
+    cache: Literal["off", "exact", "semantic"] | None = None
 
 
 # Fields wattwise consumes itself; every other field of the client's body goes upstream as sent.

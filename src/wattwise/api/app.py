@@ -129,6 +129,8 @@ class SSE:
         if self.held_usage is not None:
             return [b"data: " + dumps({**self.held_usage, "model": self.model, **extras}) + b"\n\n"]
         usage = outcome.usage.to_openai() if outcome.usage else None
+        if outcome.cached is not None:  # a cache hit reports the served answer's own usage, as unstreamed
+            usage = outcome.cached.entry.body.get("usage")
         return [self.chunk(None, usage=usage, extra=extras)]
 
 
@@ -182,6 +184,7 @@ async def chat_completions(request: Request) -> Response:
     request_id: str = request.scope["state"]["request_id"]
     body = with_header_tag(chat_body(await read_json(request, gateway.config.server.max_body_bytes)), request)
     call = gateway.call(body, request_id=request_id, tag=_tag(request, body))
+    call.cache_control = request.headers.get("cache-control")
     request.scope["state"]["call"] = call
     await govern(request, call)
     if body.stream:

@@ -30,8 +30,13 @@ def meter_headers(request_id: str, outcome: Outcome | None, *, pending: bool = F
         headers.update({"x-wattwise-model": "none", "x-wattwise-cost-usd": "0", "x-wattwise-energy-j": "0"})
         return headers
     headers["x-wattwise-model"] = header_value(outcome.decision.model)
+    if outcome.cache is not None:
+        headers["x-wattwise-cache"] = outcome.cache
+        if outcome.cached is not None:
+            headers["x-wattwise-cache-kind"] = outcome.cached.kind
+            headers["x-wattwise-cache-source"] = outcome.cached.entry.request_id
     headers["x-wattwise-route"] = header_value(outcome.decision.reason)
-    if pending:
+    if pending and outcome.cached is None:
         headers.update({"x-wattwise-cost-usd": "pending", "x-wattwise-energy-j": "pending"})
     else:
         headers["x-wattwise-cost-usd"] = _num(outcome.cost_usd)
@@ -41,10 +46,17 @@ def meter_headers(request_id: str, outcome: Outcome | None, *, pending: bool = F
 
 
 def meter_body(outcome: Outcome) -> dict[str, Any]:
-    return {"model": outcome.decision.model, "route": outcome.decision.reason,
+    body: dict[str, Any] = {"model": outcome.decision.model, "route": outcome.decision.reason,
             "policy": outcome.decision.policy, "cost_usd": outcome.cost_usd,
             "cost_source": outcome.cost_source, "energy_j": outcome.energy.joules,
             "energy_source": outcome.energy.source}
+    if outcome.cache is not None:
+        hit = outcome.cached
+        body["cache"] = {"status": outcome.cache} if hit is None else {
+            "status": "hit", "kind": hit.kind, "similarity": round(hit.similarity, 4),
+            "source_request_id": hit.entry.request_id, "saved_usd": hit.entry.cost_usd,
+            "saved_energy_j": hit.entry.energy_j}
+    return body
 
 
 def dumps(data: Any) -> bytes:

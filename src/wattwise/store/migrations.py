@@ -156,6 +156,18 @@ def m0006_flywheel(dialect: str) -> list[str]:
     ]
 
 
+def m0007_cache(dialect: str) -> list[str]:
+    """The response cache's part in each trace row: hit/miss/bypass, the request a hit came from, and
+    what the served answer had cost (so reports show $ and J saved)."""
+    t = _types(dialect)
+    return [
+        f"ALTER TABLE requests ADD COLUMN cache {t['text']}",
+        f"ALTER TABLE requests ADD COLUMN cache_source {t['text']}",
+        f"ALTER TABLE requests ADD COLUMN saved_usd {t['real']}",
+        f"ALTER TABLE requests ADD COLUMN saved_j {t['real']}",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_requests", m0001_requests),
     ("0002_batch", m0002_batch),
@@ -163,6 +175,7 @@ MIGRATIONS: list[Migration] = [
     ("0004_key_owners", m0004_key_owners),
     ("0005_access", m0005_access),
     ("0006_flywheel", m0006_flywheel),
+    ("0007_cache", m0007_cache),
 ]
 
 

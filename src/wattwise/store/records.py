@@ -61,6 +61,10 @@ class TraceRecord:
     key_id: str | None = None  # the API key that made the request (None: no keys configured)
     team: str | None = None
     router_version: str | None = None  # the router (content hash) that decided it; None: not routed
+    cache: str | None = None  # the response cache: hit, miss, bypass (None: no cache configured)
+    cache_source: str | None = None  # a hit: the request whose answer it served
+    saved_usd: float | None = None  # a hit: what the served answer cost when it was made
+    saved_j: float | None = None
 
     def as_tuple(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in COLUMNS)

@@ -1,0 +1,312 @@
+"""Where cached answers live: this process (bounded LRU with TTL), or Redis for several replicas.
+
+Both keep entries by exact key and a :class:`~wattwise.cache.index.VectorIndex` per (namespace,
+context) for the semantic cache, and both carry the semantic thresholds' evidence.
+
+**Redis** (``[cache] url = "redis://…"``): the Redis here has no vector search (no RediSearch
+module), so entries live in Redis and each replica keeps the index in its own memory:
+
+* ``{prefix}e:{key}``: the entry (JSON), with the cache's TTL; an exact lookup is one ``GET``;
+* ``{prefix}log``: a stream (``XADD … MAXLEN ~ max_entries``) announcing each semantic entry
+  (key, namespace, context, vector) and each verification's evidence; a replica reads what it has not
+  seen (``XREAD`` from its last id) before a semantic lookup, one round trip, and at start reads it
+  all, so every replica indexes every replica's entries and learns from every verification;
+* ``{prefix}by:{field}:{value}``: sets of entry keys by API key, team, tag and model, for purges.
+
+An index row whose entry is gone from Redis (expired, purged, evicted) is dropped when a search
+finds it. Redis errors raise :class:`CacheUnavailable`; the cache then answers ``bypass`` and the
+request goes upstream (a cache is never a reason to fail a request).
+
+Usage::
+
+    store = MemoryStore(max_entries=10_000)            # or RedisStore(url=..., prefix="wattwise:cache:")
+    await store.put(entry, ttl_s=3600)
+    await store.get(entry.key)
+    await store.nearest("key:k1", context, vector, k=4)   # [(entry, cosine), ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import numpy as np
+
+from wattwise.cache.entry import Entry, pack_vector, unpack_vector
+from wattwise.cache.index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+Evidence = tuple[str, float, bool]  # (threshold class, similarity, whether the cached answer was right)
+PURGE_FIELDS = ("key_id", "team", "tag", "model")
+
+
+class CacheUnavailable(Exception):
+    """The shared cache could not be reached (the request bypasses it)."""
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def put(self, entry: Entry, *, ttl_s: float) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def nearest(self, namespace: str, context: str, vector: np.ndarray, *, k: int
+                      ) -> list[tuple[Entry, float]]: ...
+
+    async def purge(self, **filters: str) -> int: ...
+
+    async def publish(self, evidence: Evidence) -> None: ...
+
+    async def news(self) -> list[Evidence]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Indexes:
+    """One vector index per (namespace, context), bounded in rows (oldest added goes first)."""
+
+    def __init__(self, *, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self.by_part: dict[tuple[str, str], VectorIndex] = {}
+        self.part_of: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    def add(self, key: str, namespace: str, context: str, vector: np.ndarray) -> None:
+        part = (namespace, context)
+        index = self.by_part.get(part)
+        if index is None:
+            index = self.by_part[part] = VectorIndex(dim=int(vector.shape[0]))
+        index.add(key, vector)
+        self.part_of[key] = part
+        self.part_of.move_to_end(key)
+        while len(self.part_of) > self.max_rows:
+            self.remove(next(iter(self.part_of)))
+
+    def remove(self, key: str) -> None:
+        part = self.part_of.pop(key, None)
+        if part is None:
+            return
+        index = self.by_part[part]
+        index.remove(key)
+        if not len(index):
+            del self.by_part[part]
+
+    def search(self, namespace: str, context: str, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+        index = self.by_part.get((namespace, context))
+        return index.search(vector, k=k) if index is not None else []
+
+    def __len__(self) -> int:
+        return len(self.part_of)
+
+
+class MemoryStore:
+    """This process's cache: at most ``max_entries`` entries, least recently used evicted first."""
+
+    def __init__(self, *, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self.entries: OrderedDict[str, Entry] = OrderedDict()
+        self.indexes = _Indexes(max_rows=max_entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    async def get(self, key: str) -> Entry | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= time.time():
+            await self.delete(key)
+            return None
+        self.entries.move_to_end(key)
+        return entry
+
+    async def put(self, entry: Entry, *, ttl_s: float) -> None:
+        self.entries[entry.key] = entry
+        self.entries.move_to_end(entry.key)
+        if entry.vector is not None:
+            self.indexes.add(entry.key, entry.namespace, entry.context, entry.vector)
+        while len(self.entries) > self.max_entries:
+            await self.delete(next(iter(self.entries)))
+
+    async def delete(self, key: str) -> None:
+        self.entries.pop(key, None)
+        self.indexes.remove(key)
+
+    async def nearest(self, namespace: str, context: str, vector: np.ndarray, *, k: int
+                      ) -> list[tuple[Entry, float]]:
+        out = []
+        for key, similarity in self.indexes.search(namespace, context, vector, k):
+            entry = await self.get(key)
+            if entry is not None:
+                out.append((entry, similarity))
+        return out
+
+    async def purge(self, **filters: str) -> int:
+        doomed = [key for key, entry in self.entries.items() if entry.matches(**filters)]
+        for key in doomed:
+            await self.delete(key)
+        return len(doomed)
+
+    async def publish(self, evidence: Evidence) -> None:
+        return None  # one process: its thresholds already hold it
+
+    async def news(self) -> list[Evidence]:
+        return []
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisStore:
+    """Entries in Redis, shared by replicas; each replica indexes them in its own memory."""
+
+    def __init__(self, *, url: str, prefix: str = "wattwise:cache:", timeout_s: float = 0.5,
+                 max_entries: int = 100_000) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.max_entries = max_entries
+        self.indexes = _Indexes(max_rows=max_entries)
+        self.replica = os.urandom(6).hex()  # this replica's evidence is already in its thresholds
+        self._client: Any = None
+        self._last = "0-0"
+        self._pending: list[Evidence] = []
+        self._synced = False
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis.asyncio as aioredis
+
+            self._client = aioredis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
+                                                   socket_connect_timeout=self.timeout_s)
+        return self._client
+
+    async def _do(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return await getattr(self._redis(), method)(*args, **kwargs)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def get(self, key: str) -> Entry | None:
+        raw = await self._do("get", self.prefix + "e:" + key)
+        return Entry.from_json(raw) if raw else None
+
+    async def put(self, entry: Entry, *, ttl_s: float) -> None:
+        import redis
+
+        ttl = max(1, int(ttl_s))
+        try:
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.set(self.prefix + "e:" + entry.key, entry.to_json(with_vector=False), ex=ttl)
+            for name in PURGE_FIELDS:
+                value = getattr(entry, name)
+                if value is not None:
+                    member = f"{self.prefix}by:{name}:{value}"
+                    pipe.sadd(member, entry.key)
+                    pipe.expire(member, ttl)
+            if entry.vector is not None:
+                pipe.xadd(self.prefix + "log", {"kind": "entry", "key": entry.key, "ns": entry.namespace,
+                                                "ctx": entry.context, "vec": pack_vector(entry.vector)},
+                          maxlen=self.max_entries, approximate=True)
+            await pipe.execute()
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def delete(self, key: str) -> None:
+        self.indexes.remove(key)
+        await self._do("delete", self.prefix + "e:" + key)
+
+    async def _sync(self) -> None:
+        """Index the entries and take the evidence other replicas announced since the last read."""
+        while True:
+            reply = await self._do("xread", {self.prefix + "log": self._last}, count=10_000)
+            if not reply:
+                break
+            _, items = reply[0]
+            for item_id, data in items:
+                self._last = item_id.decode() if isinstance(item_id, bytes) else item_id
+                self._take({_s(k): _s(v) for k, v in data.items()})
+            if len(items) < 10_000:
+                break
+        self._synced = True
+
+    def _take(self, data: dict[str, str]) -> None:
+        if data.get("kind") == "entry":
+            self.indexes.add(data["key"], data["ns"], data["ctx"], unpack_vector(data["vec"]))
+        elif data.get("kind") == "evidence" and data.get("replica") != self.replica:
+            self._pending.append((data["klass"], float(data["sim"]), data["same"] == "1"))
+
+    async def nearest(self, namespace: str, context: str, vector: np.ndarray, *, k: int
+                      ) -> list[tuple[Entry, float]]:
+        await self._sync()
+        found = self.indexes.search(namespace, context, vector, k)
+        if not found:
+            return []
+        raws = await self._do("mget", [self.prefix + "e:" + key for key, _ in found])
+        out = []
+        for (key, similarity), raw in zip(found, raws, strict=True):
+            if raw is None:
+                self.indexes.remove(key)  # expired, purged or evicted in Redis
+                continue
+            out.append((Entry.from_json(raw), similarity))
+        return out
+
+    async def purge(self, **filters: str) -> int:
+        chosen = {name: value for name, value in filters.items() if value is not None}
+        sets = [f"{self.prefix}by:{name}:{value}" for name, value in chosen.items() if name in PURGE_FIELDS]
+        if not sets:
+            raise ValueError("a purge names at least one of " + ", ".join(PURGE_FIELDS))
+        members = await self._do("sinter", sets)
+        keys = [_s(m) for m in members]
+        if not keys:
+            return 0
+        if "namespace" in chosen:
+            raws = await self._do("mget", [self.prefix + "e:" + key for key in keys])
+            keys = [key for key, raw in zip(keys, raws, strict=True)
+                    if raw and Entry.from_json(raw).namespace == chosen["namespace"]]
+        for key in keys:
+            self.indexes.remove(key)
+        removed = 0
+        for start in range(0, len(keys), 1000):
+            removed += int(await self._do("delete", *[self.prefix + "e:" + key for key in keys[start:start + 1000]]))
+        for name in sets:
+            await self._do("srem", name, *keys)
+        return removed
+
+    async def publish(self, evidence: Evidence) -> None:
+        klass, similarity, same = evidence
+        await self._do("xadd", self.prefix + "log", {"kind": "evidence", "replica": self.replica, "klass": klass,
+                                                     "sim": repr(similarity), "same": "1" if same else "0"},
+                       maxlen=self.max_entries, approximate=True)
+
+    async def news(self) -> list[Evidence]:
+        if not self._synced:
+            await self._sync()
+        pending, self._pending = self._pending, []
+        return pending
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def state_json(store: CacheStore) -> dict[str, Any]:
+    """What ``GET /v1/wattwise/cache`` shows of a store."""
+    if isinstance(store, MemoryStore):
+        return {"store": "memory", "entries": len(store), "indexed": len(store.indexes)}
+    assert isinstance(store, RedisStore)
+    return {"store": "redis", "indexed": len(store.indexes), "prefix": store.prefix}
+
+
+__all__ = ["CacheStore", "CacheUnavailable", "Evidence", "MemoryStore", "RedisStore", "state_json"]

@@ -48,7 +48,8 @@ async def govern(request: Request, call: Call) -> None:
     state.setdefault("access_headers", {}).update(headers)
 
 
-def _admin(request: Request) -> Access:
+def admin_access(request: Request) -> Access:
+    """The access control of a request made with the master key (401 without a key, 403 with another)."""
     principal: Principal | None = request.scope.get("state", {}).get("principal")
     if principal is None:
         raise AuthenticationError("The admin API needs the master key as 'Authorization: Bearer <key>'.")
@@ -62,7 +63,7 @@ def _teams(access: Access) -> dict[str, Any]:
     return admin.team_budgets(access.config.budgets.teams)
 
 
-async def _spec(request: Request) -> dict[str, Any]:
+async def admin_spec(request: Request) -> dict[str, Any]:
     data = await read_json(request, ADMIN_BODY_LIMIT, setting="admin body limit")
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object")
@@ -70,8 +71,8 @@ async def _spec(request: Request) -> dict[str, Any]:
 
 
 async def create(request: Request) -> Response:
-    access = _admin(request)
-    spec = await _spec(request)
+    access = admin_access(request)
+    spec = await admin_spec(request)
     secret = access.auth.secret
     if secret is None:
         raise InvalidRequest("no hashing secret is configured ([auth] hash_secret_env)")
@@ -82,13 +83,13 @@ async def create(request: Request) -> Response:
 
 
 async def list_keys(request: Request) -> Response:
-    access = _admin(request)
+    access = admin_access(request)
     records = await anyio.to_thread.run_sync(access.keys.keys)
     return JSONResponse({"object": "list", "data": [r.public() for r in records]})
 
 
 async def show(request: Request) -> Response:
-    access = _admin(request)
+    access = admin_access(request)
     key_id = request.path_params["key_id"]
 
     def read() -> dict[str, Any]:
@@ -102,8 +103,8 @@ async def show(request: Request) -> Response:
 
 
 async def update(request: Request) -> Response:
-    access = _admin(request)
-    spec = await _spec(request)
+    access = admin_access(request)
+    spec = await admin_spec(request)
     record = await anyio.to_thread.run_sync(lambda: admin.update_key(
         access.keys, request.path_params["key_id"], spec, actor="api", now=time.time()))
     await access.auth.refresh()
@@ -111,7 +112,7 @@ async def update(request: Request) -> Response:
 
 
 async def revoke(request: Request) -> Response:
-    access = _admin(request)
+    access = admin_access(request)
     record = await anyio.to_thread.run_sync(lambda: admin.revoke_key(
         access.keys, request.path_params["key_id"], actor="api", now=time.time()))
     await access.auth.refresh()
@@ -119,7 +120,7 @@ async def revoke(request: Request) -> Response:
 
 
 async def audit(request: Request) -> Response:
-    access = _admin(request)
+    access = admin_access(request)
     rows = await anyio.to_thread.run_sync(lambda: access.keys.audit_log(limit=1000))
     return JSONResponse({"object": "list", "data": rows})
 

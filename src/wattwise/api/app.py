@@ -27,6 +27,7 @@ from wattwise.access.principal import Principal
 from wattwise.access.routes import ADMIN_ROUTES, govern
 from wattwise.api.batch import BATCH_ROUTES
 from wattwise.api.body import read_json
+from wattwise.api.cache import CACHE_ROUTES
 from wattwise.api.files import owner_of
 from wattwise.api.middleware import OriginCheck, WattwiseHeaders
 from wattwise.api.openapi import openapi_json
@@ -343,6 +344,7 @@ def create_app(gateway: Gateway, *, access: Access | None = None) -> WattwiseHea
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *BATCH_ROUTES,
         *ADMIN_ROUTES,
+        *CACHE_ROUTES,
     ]
     handlers = {HTTPException: http_error, WattwiseError: wattwise_error, Exception: internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -123,6 +123,11 @@ class AccessStore:
         self._run("INSERT INTO audit_log (id, ts, actor, action, key_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
                   ("aud_" + uuid.uuid4().hex, now, actor, action, key_id, json.dumps(detail, default=str)))
 
+    def note(self, *, actor: str, action: str, detail: dict[str, Any], now: float) -> None:
+        """An admin action that is not about one key (a cache purge), in the audit log."""
+        with self._tx():
+            self._audit(actor=actor, action=action, key_id=None, detail=detail, now=now)
+
     def audit_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._run("SELECT ts, actor, action, key_id, detail FROM audit_log ORDER BY ts DESC LIMIT ?",
                          (limit,)).fetchall()

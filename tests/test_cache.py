@@ -126,7 +126,7 @@ async def test_sampled_requests_bypass_unless_they_opt_in(cached_gateway: Any) -
 
 
 async def test_every_answer_determining_field_is_part_of_the_key(cached_gateway: Any) -> None:
-    async with cached_gateway() as (client, upstream, gateway):
+    async with cached_gateway() as (client, _upstream, gateway):
         await ask(client, gateway, DET)
         variants = [{**DET, "temperature": 0, "seed": 7}, {**DET, "max_tokens": 5}, {**DET, "tools": TOOLS},
                     {**DET, "response_format": {"type": "json_object"}}, {**DET, "stop": ["."]},
@@ -215,12 +215,12 @@ async def test_a_changed_upstream_model_never_serves_old_answers(cached_gateway:
 
 
 async def test_an_unhonourable_cache_mode_is_a_400(cached_gateway: Any) -> None:
-    async with cached_gateway() as (client, upstream, gateway):
+    async with cached_gateway() as (client, _upstream, gateway):
         response = await ask(client, gateway, {**DET, "wattwise": {"cache": "semantic"}})
         assert response.status_code == 400 and response.json()["error"]["param"] == "wattwise.cache"
         response = await ask(client, gateway, {**DET, "wattwise": {"cache": "sometimes"}})
         assert response.status_code == 400 and response.json()["error"]["param"] == "wattwise.cache"
-    async with cached_gateway(CacheConfig(enabled=False)) as (client, upstream, gateway):
+    async with cached_gateway(CacheConfig(enabled=False)) as (client, _upstream, gateway):
         response = await client.post("/v1/chat/completions", json={**DET, "wattwise": {"cache": "exact"}})
         assert response.status_code == 400 and response.json()["error"]["param"] == "wattwise.cache"
         response = await client.post("/v1/chat/completions", json=DET)
@@ -230,7 +230,7 @@ async def test_an_unhonourable_cache_mode_is_a_400(cached_gateway: Any) -> None:
 async def test_purge_through_the_admin_api(cached_gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATTWISE_MASTER_KEY", "mk-test-master-key")
     admin = {"authorization": "Bearer mk-test-master-key"}
-    async with cached_gateway() as (client, upstream, gateway):
+    async with cached_gateway() as (client, _upstream, gateway):
         created = await client.post("/v1/wattwise/keys", json={"name": "app"}, headers=admin)
         user = {"authorization": "Bearer " + created.json()["key"]}
         await ask(client, gateway, DET, user)
@@ -264,14 +264,14 @@ class FixedSemantic:
     def differs(self, cached: dict[str, Any], asked: dict[str, Any]) -> str | None:
         return None if cached == asked else "numbers differ"
 
-    def klass(self, features: dict[str, Any]) -> str:
+    def klass(self, cached: dict[str, Any], asked: dict[str, Any]) -> str:
         return "all"
 
-    def verdict(self, klass: str, similarity: float) -> str:
+    def verdict(self, klass: str, similarity: float, *, refused: bool) -> str:
         return "hit" if similarity >= 0.9 else "verify" if similarity >= 0.8 else "miss"
 
-    def observe(self, klass: str, similarity: float, same: bool) -> None:
-        self.evidence.append((klass, similarity, same))
+    def observe(self, klass: str, similarity: float, same: bool, refused: bool) -> None:
+        self.evidence.append((klass, similarity, same, refused))
 
     def same_answer(self, cached: str, fresh: str) -> bool:
         return cached == fresh
@@ -293,7 +293,7 @@ async def test_semantic_hits_pass_the_guard_and_verifications_feed_the_threshold
         # similar enough to verify, not to serve: asked upstream, and the answers compared
         verified = await ask(client, gateway, user("how much is 12 times 7"))
         assert verified.headers["x-wattwise-cache"] == "miss" and len(chats(upstream)) == 4
-        assert semantic.evidence == [("all", pytest.approx(1 / np.sqrt(1.36), abs=1e-4), True)]
+        assert semantic.evidence == [("all", pytest.approx(1 / np.sqrt(1.36), abs=1e-4), True, False)]
         semantic.vectors["what is 12 times 7 ?"] = semantic.vectors["what is 12 times 7"] * 0 + np.asarray(
             [0.995, 0.0998, 0], dtype=np.float32)
         hit = await ask(client, gateway, user("what is 12 times 7 ?"))

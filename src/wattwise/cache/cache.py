@@ -57,11 +57,11 @@ class Semantic(Protocol):
 
     def differs(self, cached: dict[str, Any], asked: dict[str, Any]) -> str | None: ...
 
-    def klass(self, features: dict[str, Any]) -> str: ...
+    def klass(self, cached: dict[str, Any], asked: dict[str, Any]) -> str: ...
 
-    def verdict(self, klass: str, similarity: float) -> str: ...
+    def verdict(self, klass: str, similarity: float, *, refused: bool) -> str: ...
 
-    def observe(self, klass: str, similarity: float, same: bool) -> None: ...
+    def observe(self, klass: str, similarity: float, same: bool, refused: bool) -> None: ...
 
     def same_answer(self, cached: str, fresh: str) -> bool: ...
 
@@ -73,6 +73,7 @@ class Probe:
     entry: Entry
     klass: str
     similarity: float
+    refused: bool
 
 
 @dataclass(kw_only=True)
@@ -181,19 +182,23 @@ class ResponseCache:
         found = await self.store.nearest(key.namespace, key.context, plan.vector, k=self.config.candidates)
         for evidence in await self.store.news():
             semantic.observe(*evidence)
-        klass = semantic.klass(plan.features)
         for candidate, similarity in found:
             if not self._fresh(candidate) or candidate.features is None:
                 continue
-            if semantic.differs(candidate.features, plan.features) is not None:
-                continue
-            verdict = semantic.verdict(klass, similarity)
+            refused = semantic.differs(candidate.features, plan.features) is not None
+            klass = semantic.klass(candidate.features, plan.features)
+            verdict = semantic.verdict(klass, similarity, refused=refused)
+            if verdict == "verify" and (plan.probe is None or not refused):
+                # Verified candidates (refused ones too: the request goes upstream anyway) are the
+                # evidence the thresholds learn from.
+                plan.probe = Probe(entry=candidate, klass=klass, similarity=similarity, refused=refused)
+            if refused:
+                continue  # a guarded difference: a further candidate may still do
             if verdict == "hit":
+                plan.probe = None
                 return Hit(entry=candidate, kind="semantic", similarity=similarity,
                            energy=EnergyReading(joules=None, source="unknown"))
-            if verdict == "verify":
-                plan.probe = Probe(entry=candidate, klass=klass, similarity=similarity)
-            break  # the best compatible candidate decides: the others are further away
+            break  # the best candidate the guard passes decides: the others are further away
         return None
 
     # -- remembering ---------------------------------------------------------------------------
@@ -217,8 +222,8 @@ class ResponseCache:
     async def _remember(self, plan: Plan, entry: Entry) -> None:
         try:
             if plan.probe is not None and self.semantic is not None:
-                evidence = (plan.probe.klass, plan.probe.similarity,
-                            self.semantic.same_answer(answer_text(plan.probe.entry.body), answer_text(entry.body)))
+                same = self.semantic.same_answer(answer_text(plan.probe.entry.body), answer_text(entry.body))
+                evidence = (plan.probe.klass, plan.probe.similarity, same, plan.probe.refused)
                 self.semantic.observe(*evidence)
                 await self.store.publish(evidence)
             await self.store.put(entry, ttl_s=self.config.ttl_s)

@@ -6,7 +6,8 @@ them as JSON (they travel through Redis), so this adapter converts at the edge.
 Usage::
 
     check = SemanticCheck.load(max_error=0.01)       # reads WordLlama's weights from its package
-    check.verdict(check.klass(check.features("What is 12 x 7?")), 0.97)
+    asked, cached = check.features("What is 12 x 7?"), entry.features
+    check.verdict(check.klass(cached, asked), 0.97, refused=check.differs(cached, asked) is not None)
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ class SemanticCheck:
     def differs(self, cached: dict[str, Any], asked: dict[str, Any]) -> str | None:
         return self.guard.differs(Features.from_dict(cached), Features.from_dict(asked))
 
-    def klass(self, features: dict[str, Any]) -> str:
-        return self.guard.klass(Features.from_dict(features))
+    def klass(self, cached: dict[str, Any], asked: dict[str, Any]) -> str:
+        return self.guard.klass(Features.from_dict(cached), Features.from_dict(asked))
 
-    def verdict(self, klass: str, similarity: float) -> str:
-        return self.thresholds.verdict(klass, similarity)
+    def verdict(self, klass: str, similarity: float, *, refused: bool) -> str:
+        return self.thresholds.verdict(klass, similarity, refused=refused)
 
-    def observe(self, klass: str, similarity: float, same: bool) -> None:
-        self.thresholds.observe(klass, similarity, same)
+    def observe(self, klass: str, similarity: float, same: bool, refused: bool) -> None:
+        self.thresholds.observe(klass, similarity, same, refused=refused)
 
     def same_answer(self, cached: str, fresh: str) -> bool:
         return same_answer(cached, fresh, guard=self.guard)

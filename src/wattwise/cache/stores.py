@@ -40,7 +40,8 @@ from wattwise.cache.index import VectorIndex
 
 log = logging.getLogger(__name__)
 
-Evidence = tuple[str, float, bool]  # (threshold class, similarity, whether the cached answer was right)
+# (threshold class, similarity, whether the cached answer was as good, whether the guard refused it)
+Evidence = tuple[str, float, bool, bool]
 PURGE_FIELDS = ("key_id", "team", "tag", "model")
 
 
@@ -240,7 +241,7 @@ class RedisStore:
         if data.get("kind") == "entry":
             self.indexes.add(data["key"], data["ns"], data["ctx"], unpack_vector(data["vec"]))
         elif data.get("kind") == "evidence" and data.get("replica") != self.replica:
-            self._pending.append((data["klass"], float(data["sim"]), data["same"] == "1"))
+            self._pending.append((data["klass"], float(data["sim"]), data["same"] == "1", data["refused"] == "1"))
 
     async def nearest(self, namespace: str, context: str, vector: np.ndarray, *, k: int
                       ) -> list[tuple[Entry, float]]:
@@ -280,9 +281,10 @@ class RedisStore:
         return removed
 
     async def publish(self, evidence: Evidence) -> None:
-        klass, similarity, same = evidence
+        klass, similarity, same, refused = evidence
         await self._do("xadd", self.prefix + "log", {"kind": "evidence", "replica": self.replica, "klass": klass,
-                                                     "sim": repr(similarity), "same": "1" if same else "0"},
+                                                     "sim": repr(similarity), "same": "1" if same else "0",
+                                                     "refused": "1" if refused else "0"},
                        maxlen=self.max_entries, approximate=True)
 
     async def news(self) -> list[Evidence]:

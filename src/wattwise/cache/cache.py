@@ -179,9 +179,9 @@ class ResponseCache:
         semantic = self.semantic
         plan.vector = semantic.embed(key.text)
         plan.features = semantic.features(key.text)
-        found = await self.store.nearest(key.namespace, key.context, plan.vector, k=self.config.candidates)
-        for evidence in await self.store.news():
+        for evidence in await self.store.news():  # other replicas' verifications
             semantic.observe(*evidence)
+        found = await self.store.nearest(key.namespace, key.context, plan.vector, k=self.config.candidates)
         for candidate, similarity in found:
             if not self._fresh(candidate) or candidate.features is None:
                 continue

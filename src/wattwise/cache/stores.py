@@ -176,7 +176,6 @@ class RedisStore:
         self._client: Any = None
         self._last = "0-0"
         self._pending: list[Evidence] = []
-        self._synced = False
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -235,7 +234,6 @@ class RedisStore:
                 self._take({_s(k): _s(v) for k, v in data.items()})
             if len(items) < 10_000:
                 break
-        self._synced = True
 
     def _take(self, data: dict[str, str]) -> None:
         if data.get("kind") == "entry":
@@ -288,8 +286,8 @@ class RedisStore:
                        maxlen=self.max_entries, approximate=True)
 
     async def news(self) -> list[Evidence]:
-        if not self._synced:
-            await self._sync()
+        """Other replicas' evidence since the last call."""
+        await self._sync()
         pending, self._pending = self._pending, []
         return pending
 

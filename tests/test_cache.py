@@ -19,6 +19,7 @@ from wattwise.backends.transport import MockRequest, MockTransport
 from wattwise.cache.key import namespace_of, request_key
 from wattwise.config import CacheConfig, Config, ModelConfig, PriceConfig, StoreConfig
 from wattwise.gateway import Gateway
+from wattwise.reports.usage import format_table, summarize
 from wattwise.request import chat_body
 from wattwise.store.sql import TraceStore
 
@@ -106,6 +107,11 @@ async def test_a_deterministic_request_is_answered_once_then_from_the_cache(cach
         assert row.saved_usd == pytest.approx(40e-6) and row.route_policy == "cache"
         metrics = (await client.get("/metrics")).text
         assert 'wattwise_cache_requests_total{kind="exact",result="hit"} 1.0' in metrics
+        assert "wattwise_cache_saved_usd_total 4e-05" in metrics
+        total = summarize(gateway.store.fetch())[-1]
+        assert (total.requests, total.cache_hits) == (2, 1) and total.saved_usd == pytest.approx(40e-6)
+        assert total.cost_usd == pytest.approx(40e-6)  # only the first answer was paid for
+        assert "saved $" in format_table([total])
 
 
 async def test_sampled_requests_bypass_unless_they_opt_in(cached_gateway: Any) -> None:

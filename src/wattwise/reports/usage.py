@@ -1,4 +1,5 @@
-"""Usage reports over trace rows: requests, tokens, $, J, tokens/J, latency, and a baseline's cost.
+"""Usage reports over trace rows: requests, tokens, $, J, tokens/J, latency, a baseline's cost, and the
+response cache's hits with the $ and J their answers had cost (saved).
 
 Pure functions over :class:`TraceRecord` lists; the CLI fetches the rows.
 
@@ -48,6 +49,9 @@ class Line:
     latency_p99_s: float | None
     quality: float | None
     baseline_cost_usd: float | None
+    cache_hits: int = 0
+    saved_usd: float = 0.0
+    saved_j: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +85,9 @@ def summarize_group(group: str, rows: Sequence[TraceRecord], baseline: Price | N
         latency_p50_s=_pct(latencies, 50), latency_p99_s=_pct(latencies, 99),
         quality=sum(scores) / len(scores) if scores else None,
         baseline_cost_usd=sum(cost_usd(baseline, _usage(r)) for r in ok) if baseline else None,
+        cache_hits=sum(1 for r in ok if r.cache == "hit"),
+        saved_usd=sum(r.saved_usd or 0.0 for r in ok if r.cache == "hit"),
+        saved_j=sum(r.saved_j or 0.0 for r in ok if r.cache == "hit"),
     )
 
 
@@ -106,7 +113,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 COLUMNS = [("group", "group"), ("requests", "req"), ("errors", "err"), ("input_tokens", "in tok"),
            ("output_tokens", "out tok"), ("cost_usd", "$"), ("energy_j", "J"),
            ("tokens_per_joule", "tok/J"), ("latency_p50_s", "p50 s"), ("latency_p99_s", "p99 s"),
-           ("quality", "quality"), ("baseline_cost_usd", "baseline $")]
+           ("quality", "quality"), ("baseline_cost_usd", "baseline $"), ("cache_hits", "hits"),
+           ("saved_usd", "saved $"), ("saved_j", "saved J")]
 
 
 def format_table(lines: Sequence[Line]) -> str:

@@ -165,6 +165,7 @@ async def test_streamed_hits_replay_the_answer_as_chunks(cached_gateway: Any) ->
         assert hit.text.endswith("data: [DONE]\n\n")
         chunks = events(hit.text)
         assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+        assert {c["system_fingerprint"] for c in chunks} == {"fp_1"}  # as the live chunks had it
         calls = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls") or []]
         assert calls == [{"index": 0, "id": "call_1", "type": "function",
                           "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]

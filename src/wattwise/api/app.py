@@ -75,6 +75,10 @@ class SSE:
         self.include_usage = include_usage
         self.base = {"id": "chatcmpl-" + call.request_id.removeprefix("req_"),
                      "object": "chat.completion.chunk", "created": int(call.ts)}
+        cached = call.outcome.cached if call.outcome is not None else None
+        if cached is not None:  # a replayed hit: the answer's own top-level fields, as its live chunks had
+            self.base.update({k: cached.entry.body[k] for k in ("system_fingerprint", "service_tier")
+                              if cached.entry.body.get(k) is not None})
         self.held_usage: dict[str, Any] | None = None
 
     @property

@@ -311,3 +311,25 @@ async def test_semantic_hits_pass_the_guard_and_verifications_feed_the_threshold
                  "messages": [{"role": "system", "content": "Answer in French."},
                               {"role": "user", "content": "what is 12 times 7 ?"}]}
         assert (await ask(client, gateway, other)).headers["x-wattwise-cache"] == "miss"
+
+
+async def test_the_shipped_guard_and_thresholds_end_to_end(cached_gateway: Any) -> None:
+    """With the real embedding, guard and thresholds: shut until evidence opens them; then a rephrasing
+    is served and a changed number is not."""
+    async with cached_gateway(CacheConfig(semantic=True)) as (client, _upstream, gateway):
+        assert gateway.cache is not None and gateway.cache.semantic is not None
+        await ask(client, gateway, user("How do I reset my router password?"))
+        again = user("How can I reset my router password?")
+        assert (await ask(client, gateway, again)).headers["x-wattwise-cache"] == "miss"  # no evidence yet
+        thresholds = gateway.cache.semantic.thresholds  # type: ignore[attr-defined]
+        for klass in ("near", "far"):  # evidence: wrong candidates at low similarity, right ones near 1
+            for _ in range(600):
+                thresholds.observe(klass, 0.6, False, refused=False)
+            for _ in range(1600):
+                thresholds.observe(klass, 0.99, True, refused=False)
+        assert thresholds.threshold("near") is not None
+        served = [(await ask(client, gateway, again)).headers["x-wattwise-cache"] for _ in range(5)]
+        assert "hit" in served  # a sampled few are still verified
+        await ask(client, gateway, user("What is 12 times 7?"))
+        for other in ("What is 12 times 8?", "What is 13 times 7?", "What is not 12 times 7?"):
+            assert (await ask(client, gateway, user(other))).headers["x-wattwise-cache"] == "miss"

@@ -30,6 +30,11 @@ def differs(guard: Guard, a: str, b: str) -> str | None:
     ("What does `x += 1` do?", "What does `x -= 1` do?", "code"),
     ("How do I learn python quickly?", "How do I learn java quickly?", "content words"),
     ("Is Apple better than Samsung?", "Is Samsung better than Apple?", "order"),
+    # Two options' texts swapped: the answer letter changes, the words and their first order do not.
+    ("Water freezing is a\nA) chemical change\nB) chemical property\nC) physical change\nD) physical property",
+     "Water freezing is a\nA) chemical change\nB) chemical property\nC) physical property\nD) physical change",
+     "options"),
+    ("Pick one: A) red B) blue", "Pick one: A) blue B) red", "options"),
 ])
 def test_guard_refuses_answer_determining_differences(guard: Guard, a: str, b: str, part: str) -> None:
     reason = differs(guard, a, b)
@@ -41,6 +46,7 @@ def test_guard_refuses_answer_determining_differences(guard: Guard, a: str, b: s
     ("What are the best books to learn cooking?", "What are the best book to learn cooking?"),
     ("How do I lose weight fast?", "How do I lose weight quickly?"),
     ("What is 12 times 7?", "what is 12 times 7"),
+    ("Pick one:\nA) red\nB) blue", "Pick one: A) red  B) blue"),
 ])
 def test_guard_accepts_rephrasings(guard: Guard, a: str, b: str) -> None:
     assert differs(guard, a, b) is None

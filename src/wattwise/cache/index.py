@@ -5,8 +5,8 @@ WordLlama's vectors are trained so their leading dimensions are a coarser embedd
 quarter of the work), keeps the best ``shortlist`` rows, and scores those on all dimensions. At
 100,000 rows of 256 dimensions that is ~0.6 ms on one core, against ~2.4 ms for the full product
 (``bench/cache_lookup.py`` measures it). On 1,000 Quora questions against 100,000 others, the
-two-stage search found the true nearest row for 99.4% of them (92.5% with a shortlist of 32). Rows are removed by id (an evicted or purged entry) and their
-slots reused; the arrays grow by doubling.
+two-stage search found the true nearest row for 99.4% of them (92.5% with a shortlist of 32). Rows
+are removed by id (an evicted or purged entry) and their slots reused; the arrays grow by doubling.
 
 Usage::
 

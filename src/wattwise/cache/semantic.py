@@ -85,6 +85,29 @@ _CODE_BLOCK = re.compile(r"```.*?(?:```|$)", re.S)
 _CODE_SPAN = re.compile(r"`[^`\n]+`")
 _QUOTED = re.compile(r"\"([^\"\n]{1,200})\"|“([^”\n]{1,200})”|(?:(?<=\s)|^)['‘]([^'’\n]{1,200})['’](?=[\s.,;:?!)]|$)")
 _SENTENCE_END = re.compile(r"[.!?:\n]\s*$")
+# An answer option's label: "A)", "(B)", "C." or "D:" after a line start or a space, before its text.
+_OPTION = re.compile(r"(?:^|(?<=\s))\(?([A-H])[).:](?=\s)", re.M)
+
+
+def _options(text: str) -> tuple[str, ...]:
+    """Labelled answer options in order ("a=<text>"), when the text lists at least A and B in order.
+
+    Swapping two options' texts changes the answer and hardly moves the embedding or the word sets, so
+    the guard compares each label's text.
+    """
+    marks = list(_OPTION.finditer(text))
+    labels = [m.group(1) for m in marks]
+    if "A" not in labels or "B" not in labels:
+        return ()
+    start = labels.index("A")
+    out = []
+    for i in range(start, len(marks)):
+        if ord(labels[i]) - ord("A") != i - start:
+            break
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        body = text[marks[i].end():end]
+        out.append(labels[i].lower() + "=" + _norm_space(body.split("\n")[0]).lower().rstrip(" .;,"))
+    return tuple(out) if len(out) >= 2 else ()
 
 
 def _norm_space(text: str) -> str:
@@ -125,6 +148,7 @@ class Features:
     question: tuple[str, ...] = ()
     words: tuple[str, ...] = field(default=())
     vocabulary: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()  # labelled answer options in order, "a=<text>" (multiple-choice prompts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,8 +159,8 @@ class Features:
         return cls(**fields)
 
 
-ALL_CHECKS = ("code", "quotes", "identifiers", "numbers", "negations", "entities", "person", "question", "order",
-              "words")
+ALL_CHECKS = ("options", "code", "quotes", "identifiers", "numbers", "negations", "entities", "person", "question",
+              "order", "words")
 
 
 class Guard:
@@ -159,6 +183,7 @@ class Guard:
 
     def features(self, text: str) -> Features:
         """The text's features; about 0.1 ms for a question, linear in its length."""
+        options = _options(text)
         code = [_norm_space(m.group(0).strip("`")) for m in _CODE_BLOCK.finditer(text)]
         prose = _CODE_BLOCK.sub(" ", text)
         code += [_norm_space(m.group(0).strip("`")) for m in _CODE_SPAN.finditer(prose)]
@@ -194,7 +219,8 @@ class Guard:
         return Features(numbers=tuple(sorted(numbers)), entities=tuple(sorted(entities)),
                         identifiers=tuple(sorted(set(idents))), quotes=tuple(sorted(set(quotes))),
                         code=tuple(sorted(set(code))), negations=negations, person=tuple(sorted(person)),
-                        question=tuple(sorted(question)), words=tuple(words), vocabulary=tuple(sorted(vocabulary)))
+                        question=tuple(sorted(question)), words=tuple(words), vocabulary=tuple(sorted(vocabulary)),
+                        options=options)
 
     def differs(self, a: Features, b: Features) -> str | None:
         """None when no answer-determining part differs, else a short reason."""

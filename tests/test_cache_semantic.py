@@ -35,6 +35,22 @@ def differs(guard: Guard, a: str, b: str) -> str | None:
      "Water freezing is a\nA) chemical change\nB) chemical property\nC) physical property\nD) physical change",
      "options"),
     ("Pick one: A) red B) blue", "Pick one: A) blue B) red", "options"),
+    # a Winogrande twin: one quantity word flips the answer
+    ("Cynthia played better than Jennifer but _ had more control. A) Cynthia B) Jennifer",
+     "Cynthia played better than Jennifer but _ had less control. A) Cynthia B) Jennifer", "content words"),
+    # co-hyponyms that word vectors place as close as synonyms, told apart by their spelling
+    ("Write a function to find the nth decagonal number.", "Write a function to find the nth nonagonal number.",
+     "content words"),
+    # a long shared few-shot prefix must not supply counterparts for a different question's words
+    ("Answer A or B.\nThe trophy would not fit in the suitcase because the _ was too big. A) trophy B) suitcase\n"
+     "Answer: A\n\nJoe drank his milk and tried to dunk his cookie in the glass but the _ was too small.",
+     "Answer A or B.\nThe trophy would not fit in the suitcase because the _ was too big. A) trophy B) suitcase\n"
+     "Answer: A\n\nPlaying basketball came easier for the boy than the girl but the _ had more control.",
+     "content words"),
+    # ... in the question asked after a few-shot example, too
+    ("Wind?\nA) west\nB) east\nAnswer: B\n\nWater freezing is a\nA) physical change\nB) chemical change\nAnswer:",
+     "Wind?\nA) west\nB) east\nAnswer: B\n\nWater freezing is a\nA) chemical change\nB) physical change\nAnswer:",
+     "options"),
 ])
 def test_guard_refuses_answer_determining_differences(guard: Guard, a: str, b: str, part: str) -> None:
     reason = differs(guard, a, b)
@@ -64,6 +80,9 @@ def test_klass_separates_near_copies(guard: Guard) -> None:
     c = guard.features("Best way to get started with cooking grains at home")
     assert guard.klass(a, b) == "near"
     assert guard.klass(a, c) == "far"
+    # only function words, case and spacing differ: a class of its own
+    assert guard.klass(a, guard.features("how  can I learn to cook rice")) == "same-words"
+    assert guard.klass(a, guard.features("How do I learn to cook more rice?")) == "near"
 
 
 def test_thresholds_never_hit_without_evidence() -> None:

@@ -35,6 +35,7 @@ Usage::
 
 from __future__ import annotations
 
+import difflib
 import math
 import random
 import re
@@ -68,6 +69,9 @@ another much many very really just also too only even still ever again please le
 one's someone something anyone anything thing things way ways someone's
 """
 STOPWORDS = frozenset(_STOPWORDS.split())
+# Function words that decide an answer when one replaces another ("more" / "less", "before" / "after").
+POLAR = frozenset({"more", "most", "less", "least", "fewer", "few", "many", "much", "all", "some", "any", "each",
+                   "every", "both", "only", "above", "below", "over", "under", "before", "after"})
 
 PERSONS = {"i": "1s", "me": "1s", "my": "1s", "mine": "1s", "myself": "1s", "i'm": "1s", "i've": "1s",
            "we": "1p", "us": "1p", "our": "1p", "ours": "1p", "ourselves": "1p",
@@ -90,24 +94,26 @@ _OPTION = re.compile(r"(?:^|(?<=\s))\(?([A-H])[).:](?=\s)", re.M)
 
 
 def _options(text: str) -> tuple[str, ...]:
-    """Labelled answer options in order ("a=<text>"), when the text lists at least A and B in order.
+    """Every run of labelled answer options (A, B, … in order) as "<run>.<label>=<text>".
 
     Swapping two options' texts changes the answer and hardly moves the embedding or the word sets, so
-    the guard compares each label's text.
+    the guard compares each label's text; few-shot prompts list several runs, the last one asked.
     """
     marks = list(_OPTION.finditer(text))
-    labels = [m.group(1) for m in marks]
-    if "A" not in labels or "B" not in labels:
-        return ()
-    start = labels.index("A")
-    out = []
-    for i in range(start, len(marks)):
-        if ord(labels[i]) - ord("A") != i - start:
-            break
+    runs: list[list[str]] = []
+    expected = "A"
+    for i, mark in enumerate(marks):
+        label = mark.group(1)
+        if label == "A":
+            runs.append([])
+        elif label != expected or not runs:
+            expected = "A"
+            continue
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        body = text[marks[i].end():end]
-        out.append(labels[i].lower() + "=" + _norm_space(body.split("\n")[0]).lower().rstrip(" .;,"))
-    return tuple(out) if len(out) >= 2 else ()
+        body = _norm_space(text[mark.end():end].split("\n")[0]).lower().rstrip(" .;,")
+        runs[-1].append(f"{len(runs)}.{label.lower()}={body}")
+        expected = chr(ord(label) + 1)
+    return tuple(option for run in runs if len(run) >= 2 for option in run)
 
 
 def _norm_space(text: str) -> str:
@@ -149,6 +155,7 @@ class Features:
     words: tuple[str, ...] = field(default=())
     vocabulary: tuple[str, ...] = ()
     options: tuple[str, ...] = ()  # labelled answer options in order, "a=<text>" (multiple-choice prompts)
+    sequence: tuple[str, ...] = ()  # every content word's stem in order (the diff of two texts is taken on it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +202,7 @@ class Guard:
             prose = pattern.sub(" ", prose)
         numbers = [_number(m.group(0)) for m in _NUMBER.finditer(prose)]
         negations, entities, person, question, words, vocabulary = 0, set(), set(), set(), [], set()
+        sequence: list[str] = []
         for m in _WORD.finditer(prose):
             raw = m.group(0)
             low = raw.lower().replace("’", "'")
@@ -210,8 +218,10 @@ class Guard:
                 numbers.append(f"{NUMBER_WORDS[low]:g}")
                 continue
             if low in STOPWORDS or (low.endswith("'s") and low[:-2] in STOPWORDS):
+                sequence.append(low)  # aligns the diff; checked only if it is a quantity or comparison word
                 continue
             stem = _stem(low)
+            sequence.append(stem)
             if stem not in words:
                 words.append(stem)
             if (raw[0].isupper() and not _sentence_start(prose, m.start())) or (len(raw) > 1 and raw.isupper()):
@@ -220,7 +230,7 @@ class Guard:
                         identifiers=tuple(sorted(set(idents))), quotes=tuple(sorted(set(quotes))),
                         code=tuple(sorted(set(code))), negations=negations, person=tuple(sorted(person)),
                         question=tuple(sorted(question)), words=tuple(words), vocabulary=tuple(sorted(vocabulary)),
-                        options=options)
+                        options=options, sequence=tuple(sequence))
 
     def differs(self, a: Features, b: Features) -> str | None:
         """None when no answer-determining part differs, else a short reason."""
@@ -231,27 +241,41 @@ class Guard:
         return None
 
     def klass(self, a: Features, b: Features) -> str:
-        """The threshold class of a candidate: "near" when the two texts share at least half of their words.
+        """The threshold class of a candidate: "same-words" when no word that can change an answer
+        differs (only function words, case, spacing, punctuation), else "near" when the two texts share
+        at least half of their words, else "far".
 
-        Wrong candidates that pass the guard are mostly near-copies with one small change, so "near"
-        candidates get a threshold of their own and the false-hit bound holds among them too.
+        Wrong candidates that pass the guard are mostly near-copies with one small change (a
+        Winogrande twin: "more" for "less"), so "near" candidates get a threshold of their own, apart
+        from rewordings that change no content word, and the false-hit bound holds in each.
         """
+        if a.sequence and b.sequence and not _changed(a, b):
+            return "same-words"
         left, right = set(a.vocabulary), set(b.vocabulary)
         shared = len(left & right) / max(1, len(left), len(right))
         return "near" if shared >= 0.5 else "far"
 
     def unmatched(self, a: Features, b: Features) -> tuple[str, str] | None:
-        """A content word of one text with no counterpart (cosine >= theta) in the other, else None."""
-        for x, y in ((a, b), (b, a)):
-            missing = [w for w in x.words if w not in set(y.words)]
+        """A content word of one text with no counterpart in the other, else None.
+
+        The texts are diffed word by word (their content-word stems in order): a word only one side has
+        needs a counterpart among the other side's *changed* words (or, when the other side changed
+        none, anywhere in it) within cosine ``theta``, and must not be an orthographic sibling of it
+        ("decagonal" / "nonagonal", "Austria" / "Australia": co-hyponyms that static word vectors
+        place as close as synonyms). Diffing keeps a long shared prefix (few-shot examples, a system
+        text) from supplying a counterpart for every word of a different question.
+        """
+        for x, y in _changed(a, b):
+            missing = [w for w in x if w not in set(y)]
             if not missing:
                 continue
-            if not y.words:
+            if not y:
                 return missing[0], ""
-            best = self._matrix(missing) @ self._matrix(list(y.words)).T
-            worst = int(np.argmin(best.max(axis=1)))
-            if float(best[worst].max()) < self.theta:
-                return missing[worst], y.words[int(np.argmax(best[worst]))]
+            best = self._matrix(missing) @ self._matrix(list(y)).T
+            for i, word in enumerate(missing):
+                j = int(np.argmax(best[i]))
+                if float(best[i, j]) < self.theta or _siblings(word, y[j]):
+                    return word, y[j]
         return None
 
     def _check(self, check: str, a: Features, b: Features) -> str | None:
@@ -286,6 +310,38 @@ class Guard:
             vec = self.embedder.vector(word)
             self._vectors[word] = vec
         return vec
+
+
+def _changed(a: Features, b: Features) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The words each side has that the other lacks, and where to look for their counterparts.
+
+    With word sequences: the diff's changed words of ``a`` against those of ``b`` (all of ``b``'s words
+    when only ``a`` changed), and the other way round; without (features from before sequences were
+    kept): every word against every word.
+    """
+    if not a.sequence or not b.sequence:
+        return [(a.words, b.words), (b.words, a.words)]
+    left: list[str] = []
+    right: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a.sequence, b.sequence, autojunk=False).get_opcodes():
+        if tag != "equal":
+            left += [w for w in a.sequence[i1:i2] if _checked(w)]
+            right += [w for w in b.sequence[j1:j2] if _checked(w)]
+    if not left and not right:
+        return []
+    return [(tuple(left), tuple(right) or b.words), (tuple(right), tuple(left) or a.words)]
+
+
+def _checked(word: str) -> bool:
+    """Whether a changed word can change the answer: a content word, or a quantity/comparison word."""
+    return word in POLAR or (word not in STOPWORDS and not (word.endswith("'s") and word[:-2] in STOPWORDS))
+
+
+def _siblings(x: str, y: str) -> bool:
+    """Two different words spelled alike but not one inflecting the other: "decagonal"/"nonagonal"."""
+    if x == y or x.startswith(y) or y.startswith(x) or min(len(x), len(y)) < 4:
+        return False
+    return difflib.SequenceMatcher(None, x, y, autojunk=False).ratio() >= 0.6
 
 
 def _sentence_start(text: str, pos: int) -> bool:
@@ -326,23 +382,24 @@ class Thresholds:
     """
 
     def __init__(self, max_error: float = 0.01, *, floor: float = 0.5, bins: int = 50, warm: int = 2000,
-                 explore: float = 0.05, z: float = 1.645, seed: int = 0) -> None:
+                 explore: float = 0.05, z: float = 1.645, seed: int = 0, min_class: int = 100) -> None:
         if not 0 < max_error < 1:
             raise ValueError("max_error must be in (0, 1)")
         self.max_error, self.floor, self.bins, self.warm, self.explore, self.z = (
             max_error, floor, bins, warm, explore, z)
+        self.min_class = min_class
         self._rng = random.Random(seed)
         self._counts: dict[str, dict[str, list[int]]] = {}
-        self._cache: dict[str, float | None] = {}
+        self._learned: dict[str, float | None] | None = None
 
     def bin(self, similarity: float) -> int:
         return min(self.bins - 1, max(0, int((similarity - self.floor) / (1 - self.floor) * self.bins)))
 
     def threshold(self, klass: str) -> float | None:
         """The class's current threshold, or None while the evidence does not support any."""
-        if klass not in self._cache:
-            self._cache[klass] = self._learn(klass)
-        return self._cache[klass]
+        if self._learned is None:
+            self._learned = self._learn_all()
+        return self._learned.get(klass)
 
     def verify_rate(self, klass: str) -> float:
         """The share of the class's candidates verified now: all while evidence is thin."""
@@ -371,27 +428,64 @@ class Thresholds:
             b = self.bin(similarity)
             c["n"][b] += 1
             c["wrong"][b] += 0 if same else 1
-        self._cache.pop(klass, None)
+        self._learned = None
 
-    def _learn(self, klass: str) -> float | None:
-        if klass not in self._counts:
-            return None
-        wrong = self._counts[klass]["wrong"]
-        total, above, best = sum(wrong) + self._counts[klass]["refused"][1], 0, None
-        for b in range(self.bins - 1, -1, -1):
-            above += wrong[b]
-            if wilson_upper(above, total, self.z) <= self.max_error:
-                best = b
-        return None if best is None else self.floor + best * (1 - self.floor) / self.bins
+    def _learn_all(self) -> dict[str, float | None]:
+        """Every class's threshold, chosen together under one bound on the overall false-hit rate.
+
+        ``W``, the most wrong candidates the served region may hold, is the largest count whose Wilson
+        upper bound over all wrong candidates (every class, refused ones included) is within
+        ``max_error``. Each class's cut is the bin edge maximising right-minus-``λ``-times-wrong
+        candidates at or above it, with ``λ`` the smallest price keeping the classes' wrong candidates
+        together within ``W`` (a Lagrangian split of one error budget, so a class with few wrong
+        candidates of its own is not shut for lack of them). A class opens only once it has
+        ``min_class`` verified candidates.
+        """
+        counts = self._counts
+        total = sum(sum(c["wrong"]) + c["refused"][1] for c in counts.values())
+        budget = -1
+        while wilson_upper(budget + 1, total, self.z) <= self.max_error:
+            budget += 1
+        out: dict[str, float | None] = {klass: None for klass in counts}
+        if budget < 0:
+            return out
+        curves = {}
+        for klass, c in counts.items():
+            if sum(c["n"]) < self.min_class:
+                continue
+            right = np.cumsum([n - w for n, w in zip(c["n"][::-1], c["wrong"][::-1], strict=True)])[::-1]
+            wrong = np.cumsum(c["wrong"][::-1])[::-1]
+            curves[klass] = (np.append(right, 0.0), np.append(wrong, 0.0))  # cut at bin i; index bins: shut
+
+        def cuts(price: float) -> dict[str, int]:
+            chosen = {}
+            for klass, (right, wrong) in curves.items():
+                value = right - price * wrong
+                chosen[klass] = int(np.flatnonzero(value == value.max())[0])  # the lowest edge among ties
+            return chosen
+
+        def spent(chosen: dict[str, int]) -> float:
+            return float(sum(curves[k][1][i] for k, i in chosen.items()))
+
+        low, high = 0.0, 1.0
+        while spent(cuts(high)) > budget and high < 1e12:
+            high *= 2.0
+        for _ in range(60):
+            middle = (low + high) / 2.0
+            low, high = (middle, high) if spent(cuts(middle)) > budget else (low, middle)
+        for klass, i in cuts(high).items():
+            if i < self.bins:
+                out[klass] = self.floor + i * (1 - self.floor) / self.bins
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_error": self.max_error, "floor": self.floor, "bins": self.bins, "warm": self.warm,
-                "explore": self.explore, "z": self.z, "counts": self._counts}
+                "explore": self.explore, "z": self.z, "min_class": self.min_class, "counts": self._counts}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Thresholds:
         th = cls(data["max_error"], floor=data["floor"], bins=data["bins"], warm=data["warm"],
-                 explore=data["explore"], z=data["z"])
+                 explore=data["explore"], z=data["z"], min_class=data.get("min_class", 100))
         th._counts = {k: {name: list(v) for name, v in c.items()} for k, c in data.get("counts", {}).items()}
         return th
 

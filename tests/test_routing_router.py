@@ -178,10 +178,11 @@ def test_cascade_accepts_on_agreement_and_escalates_on_disagreement(router: Rout
     costs = {"small": 0.001, "mid": 0.01, "big": 0.1}
     log: list[str] = []
     call = _fake({"small": ["4", "5"], "mid": ["4", "6"], "big": ["4"]}, costs, log)
-    agreed = asyncio.run(run_cascade(router, prompt, cands("small", "mid", "big"), call, cost_weight=1.0))
+    # λ = 0.1: small is the pick and a check by mid pays (at λ = 1 escalating would not: no check)
+    agreed = asyncio.run(run_cascade(router, prompt, cands("small", "mid", "big"), call, cost_weight=0.1))
     assert agreed.model == "small" and [c.model for c in agreed.calls] == ["small", "mid"]
     assert agreed.cost_usd == pytest.approx(0.011)
-    split = asyncio.run(run_cascade(router, prompt, cands("small", "mid", "big"), call, cost_weight=1.0))
+    split = asyncio.run(run_cascade(router, prompt, cands("small", "mid", "big"), call, cost_weight=0.1))
     assert split.model == "big" and [c.model for c in split.calls] == ["small", "mid", "big"]
     assert split.cost_usd == pytest.approx(0.111) and "escalated" in split.reason
 
@@ -218,3 +219,22 @@ def test_bad_outcomes_line_is_named(tmp_path: Path) -> None:
     with pytest.raises(OutcomesError) as info:
         train_router(load_outcomes(path))
     assert ":2:" in str(info.value) and info.value.field == "score"
+
+
+def test_cascade_calls_the_checker_only_where_a_check_pays() -> None:
+    from wattwise.routing.policies import CascadePolicy, Dial, Estimate, check_pays
+
+    def est(name: str, q: float, c: float) -> Estimate:
+        return Estimate(name=name, quality=q, cost_usd=c, out_tokens=10.0)
+
+    # first 0.75, checker 0.7, top 0.9 at 10x the price: a disagreement (40%) often flags a wrong answer
+    small, mid, big = est("small", 0.75, 0.1), est("mid", 0.7, 0.1), est("big", 0.9, 1.0)
+    assert check_pays(small, mid, big, Dial(cost_weight=0.2), c_max=1.0)
+    assert CascadePolicy().decide([small, mid, big], Dial(cost_weight=0.2)).steps == ("small", "mid", "big")
+    # the same models where escalating costs more than the top model's edge: accept unchecked
+    assert not check_pays(small, mid, big, Dial(cost_weight=0.3), c_max=1.0)
+    plan = CascadePolicy().decide([small, mid, big], Dial(cost_weight=0.3))
+    assert plan.steps == ("small", "big") and "would not pay" in plan.reason
+    # a checker no better than a coin flip tells nothing: never worth a call
+    coin = est("mid", 0.5, 0.1)
+    assert not check_pays(small, coin, big, Dial(cost_weight=0.2), c_max=1.0)

@@ -172,6 +172,27 @@ def cascade_plan(estimates: Sequence[Estimate], dial: Dial) -> tuple[Estimate, E
     return first, checker, top
 
 
+WRONG_AGREE = 1.0  # chance that two wrong answers agree: 1 on a two-way choice, the least favourable case
+
+
+def check_pays(first: Estimate, checker: Estimate, top: Estimate, dial: Dial, *, c_max: float) -> bool:
+    """Whether calling the checker is worth its cost under the dial's λ, from predicted qualities.
+
+    With p1, p2 the first's and checker's predicted qualities and errors independent, the answers
+    disagree with probability d = 1 − p1·p2 − (1 − p1)(1 − p2)·WRONG_AGREE, and the first is right on
+    a disagreement with probability p1(1 − p2)/d. The check escalates on disagreement, gaining
+    d·(q_top − λ·c_top/c_max) − p1(1 − p2) over accepting the first answer unchecked; it pays when
+    that exceeds λ·c_checker/c_max (c_max: the dearest candidate's cost, as in the utility choice).
+    Where escalating is dear (large λ) or the first model is already near the top, this is false and
+    the cascade accepts the first answer without a second call."""
+    scale = c_max if c_max > 0 else 1.0
+    p1, p2 = first.quality, checker.quality
+    disagree = 1.0 - p1 * p2 - (1.0 - p1) * (1.0 - p2) * WRONG_AGREE
+    escalated = top.quality - dial.cost_weight * _cost(top, scale) / scale
+    gain = disagree * escalated - p1 * (1.0 - p2)
+    return gain > dial.cost_weight * _cost(checker, scale) / scale
+
+
 class CascadePolicy:
     """A cheap model first, checked (agreement of a second cheap answer, log-probability, format),
     escalating to the best expected model when the check fails. ``decide`` gives the plan; the
@@ -186,9 +207,14 @@ class CascadePolicy:
 
     def decide(self, estimates: Sequence[Estimate], dial: Dial) -> RouteDecision:
         first, checker, top = cascade_plan(estimates, dial)
+        skipped = ""
+        if checker is not None and first.name != top.name and not check_pays(
+            first, checker, top, dial, c_max=max((e.cost_usd for e in estimates if e.cost_usd is not None), default=0.0)
+        ):
+            checker, skipped = None, " (a check would not pay)"
         steps = tuple(dict.fromkeys([first.name] + ([checker.name] if checker else []) + [top.name]))
         reason = (
-            f"cascade: start {_fmt(first)}, check {checker.name if checker else 'format/logprob'}, "
+            f"cascade: start {_fmt(first)}, check {checker.name if checker else 'format/logprob'}{skipped}, "
             f"escalate to {top.name}{prior_note(estimates)}"
         )
         return RouteDecision(

@@ -240,17 +240,19 @@ def plot(result: CacheEvalResult, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=90)
+    pts = result.operating_points
+    # The region that matters: false-hit rates up to a few times the configured maximum.
+    right = max([3 * result.max_error, *(1.2 * p["false_hit_rate"] for p in pts)])
     for name, style in (("cosine", "-"), ("guard+cosine", "--")):
-        curve = [p for p in result.curves[name] if p["false_hit_rate"] <= 0.1]
+        curve = [p for p in result.curves[name] if p["false_hit_rate"] <= right]
         ax.plot([p["false_hit_rate"] for p in curve], [p["hit_rate"] for p in curve], style,
                 label=f"{name} threshold sweep")
-    pts = result.operating_points
     ax.plot([p["false_hit_rate"] for p in pts], [p["hit_rate"] for p in pts], "o", color="C3",
             label="learned thresholds (max-error " + ", ".join(f"{p['max_error']:g}" for p in pts) + ")")
     ax.axvline(result.max_error, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("false-hit rate (served share of same = false pairs)")
     ax.set_ylabel("hit rate (served share of same = true pairs)")
-    ax.set_xlim(0, 0.1)
+    ax.set_xlim(0, right)
     ax.set_title(f"cache-eval: {result.pairs} reported pairs", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -14,6 +14,7 @@ import pytest
 from tests.test_passthrough import MSG, TOOL_STREAM, USAGE, Upstream, events, sse
 
 from wattwise.api.app import create_app
+from wattwise.api.cache import redacted_url
 from wattwise.backends.openai_http import OpenAIHTTPBackend
 from wattwise.backends.transport import MockRequest, MockTransport
 from wattwise.cache.key import namespace_of, request_key
@@ -249,6 +250,9 @@ async def test_purge_through_the_admin_api(cached_gateway: Any, monkeypatch: pyt
         assert denied.status_code == 403
         bad = await client.post("/v1/wattwise/cache/purge", json={}, headers=admin)
         assert bad.status_code == 400
+        shown = await client.get("/v1/wattwise/cache", headers=admin)
+        assert shown.json()["enabled"] and shown.json()["entries"] == 3
+        assert (await client.get("/v1/wattwise/cache", headers=user)).status_code == 403
         purged = await client.post("/v1/wattwise/cache/purge", json={"key_id": created.json()["id"]}, headers=admin)
         assert purged.status_code == 200 and purged.json()["purged"] == 2
         assert (await ask(client, gateway, DET, user)).headers["x-wattwise-cache"] == "miss"
@@ -333,3 +337,9 @@ async def test_the_shipped_guard_and_thresholds_end_to_end(cached_gateway: Any) 
         await ask(client, gateway, user("What is 12 times 7?"))
         for other in ("What is 12 times 8?", "What is 13 times 7?", "What is not 12 times 7?"):
             assert (await ask(client, gateway, user(other))).headers["x-wattwise-cache"] == "miss"
+
+
+def test_the_cache_admin_view_hides_a_redis_password() -> None:
+    assert redacted_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert redacted_url("redis://user:s3cret@cache/0") == "redis://user:***@cache/0"
+    assert redacted_url("redis://cache:6379/0") == "redis://cache:6379/0"

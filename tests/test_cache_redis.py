@@ -33,6 +33,7 @@ async def test_two_stores_share_entries_index_and_evidence(redis_prefix: str) ->
     try:
         await a.put(entry("k1", vector=[1, 0, 0], tag="faq"), ttl_s=60)
         await a.put(entry("k2", vector=[0, 1, 0], model="other"), ttl_s=60)
+        assert await b.sync() == []
         got = await b.get("k1")
         assert got is not None and got.request_id == "req_k1" and got.tag == "faq"
         query = np.asarray([0.99, 0.1, 0], dtype=np.float32)
@@ -40,8 +41,8 @@ async def test_two_stores_share_entries_index_and_evidence(redis_prefix: str) ->
         assert near.key == "k1" and similarity > 0.9
         assert await b.nearest("key:-", "another context", np.asarray([1, 0, 0], dtype=np.float32), k=1) == []
         await a.publish(("near", 0.93, False, False))
-        assert await b.news() == [("near", 0.93, False, False)]
-        assert await a.news() == []  # its own evidence is already in its thresholds
+        assert await b.sync() == [("near", 0.93, False, False)]
+        assert await a.sync() == []  # its own evidence is already in its thresholds
         # A purge by tag on one replica: the other finds the entry gone and drops it from its index.
         assert await a.purge(tag="faq") == 1
         assert await b.get("k1") is None

@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from starlette.requests import Request
@@ -56,8 +57,19 @@ async def show(request: Request) -> Response:
     if gateway.cache is None:
         return JSONResponse({"enabled": False})
     cache = gateway.cache
-    return JSONResponse({"enabled": True, "config": cache.config.model_dump(), **state_json(cache.store),
+    config = cache.config.model_dump()
+    config["url"] = redacted_url(config["url"])
+    return JSONResponse({"enabled": True, "config": config, **state_json(cache.store),
                          "semantic": cache.semantic is not None})
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password (``redis://:secret@host`` → ``redis://:***@host``)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 CACHE_ROUTES = [

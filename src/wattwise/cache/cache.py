@@ -179,7 +179,7 @@ class ResponseCache:
         semantic = self.semantic
         plan.vector = semantic.embed(key.text)
         plan.features = semantic.features(key.text)
-        for evidence in await self.store.news():  # other replicas' verifications
+        for evidence in await self.store.sync():  # other replicas' entries and verifications
             semantic.observe(*evidence)
         found = await self.store.nearest(key.namespace, key.context, plan.vector, k=self.config.candidates)
         for candidate, similarity in found:

@@ -9,8 +9,9 @@ module), so entries live in Redis and each replica keeps the index in its own me
 * ``{prefix}e:{key}``: the entry (JSON), with the cache's TTL; an exact lookup is one ``GET``;
 * ``{prefix}log``: a stream (``XADD … MAXLEN ~ max_entries``) announcing each semantic entry
   (key, namespace, context, vector) and each verification's evidence; a replica reads what it has not
-  seen (``XREAD`` from its last id) before a semantic lookup, one round trip, and at start reads it
-  all, so every replica indexes every replica's entries and learns from every verification;
+  seen (``XREAD`` from its last id, :meth:`RedisStore.sync`) before a semantic lookup, one round trip,
+  and the first time reads it all, so every replica indexes every replica's entries and learns from
+  every verification;
 * ``{prefix}by:{field}:{value}``: sets of entry keys by API key, team, tag and model, for purges.
 
 An index row whose entry is gone from Redis (expired, purged, evicted) is dropped when a search
@@ -63,7 +64,9 @@ class CacheStore(Protocol):
 
     async def publish(self, evidence: Evidence) -> None: ...
 
-    async def news(self) -> list[Evidence]: ...
+    async def sync(self) -> list[Evidence]:
+        """Take in what other replicas added since the last call; returns their verification evidence."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -155,8 +158,8 @@ class MemoryStore:
     async def publish(self, evidence: Evidence) -> None:
         return None  # one process: its thresholds already hold it
 
-    async def news(self) -> list[Evidence]:
-        return []
+    async def sync(self) -> list[Evidence]:
+        return []  # one process: nothing to take in
 
     async def aclose(self) -> None:
         return None
@@ -222,7 +225,7 @@ class RedisStore:
         self.indexes.remove(key)
         await self._do("delete", self.prefix + "e:" + key)
 
-    async def _sync(self) -> None:
+    async def _read_log(self) -> None:
         """Index the entries and take the evidence other replicas announced since the last read."""
         while True:
             reply = await self._do("xread", {self.prefix + "log": self._last}, count=10_000)
@@ -243,7 +246,7 @@ class RedisStore:
 
     async def nearest(self, namespace: str, context: str, vector: np.ndarray, *, k: int
                       ) -> list[tuple[Entry, float]]:
-        await self._sync()
+        """The nearest entries this replica has indexed (call :meth:`sync` first to see other replicas')."""
         found = self.indexes.search(namespace, context, vector, k)
         if not found:
             return []
@@ -285,9 +288,9 @@ class RedisStore:
                                                      "refused": "1" if refused else "0"},
                        maxlen=self.max_entries, approximate=True)
 
-    async def news(self) -> list[Evidence]:
-        """Other replicas' evidence since the last call."""
-        await self._sync()
+    async def sync(self) -> list[Evidence]:
+        """Index other replicas' new entries; their verification evidence since the last call."""
+        await self._read_log()
         pending, self._pending = self._pending, []
         return pending
 

@@ -320,3 +320,28 @@ async def _streamed(url: str, serving: Router) -> None:
     rows = LabelStore(store=store).labels()
     store.close()
     assert [(r.model, r.score, r.source, r.app, r.request_id) for r in rows] == [("small", 0.8, "judge", "app-7", "s1")]
+
+
+def test_a_cache_hit_is_not_labelled_again(tmp_path: Path, serving: Router) -> None:
+    asyncio.run(_cache_hit(f"sqlite:///{tmp_path}/t.db", serving))
+
+
+async def _cache_hit(url: str, serving: Router) -> None:
+    store = open_store(url)
+    gate = asyncio.Event()
+    gateway, flywheel = build(store, config_for(url, shadow_share=0.0, retrain_every=0), gate, serving)
+    await gateway.start()
+    try:
+        body = ChatBody.model_validate({"model": "small", "temperature": 0,
+                                        "messages": [{"role": "user", "content": chat(4)}]})
+        for rid in ("c1", "c2"):
+            async with gateway.call(body, request_id=rid, tag="app-7") as call:
+                await call.complete()
+            assert gateway.cache is not None
+            await gateway.cache.settle()
+        assert call.outcome is not None and call.outcome.cache == "hit"
+        await until(lambda: flywheel.labelled == 1)
+        await asyncio.sleep(0.2)
+        assert flywheel.labelled == 1  # the hit served c1's answer, already judged
+    finally:
+        await gateway.stop()

@@ -154,10 +154,10 @@ class Flywheel:
     def offer(self, call: Call, record: TraceRecord) -> None:
         """Plan label jobs for a request that just ended; queued in memory, written by the runner."""
         # Only answers the router could have chosen teach it anything; content the caller asked not to
-        # store (store_content off) is not stored here either.
+        # store (store_content off) is not stored here either; a cache hit's answer was labelled when made.
         candidates = self.candidates()
         if (record.status != "ok" or record.model not in candidates or record.messages is None
-                or (record.tag or "").startswith(LABEL_TAG) or call.outcome is None):
+                or (record.tag or "").startswith(LABEL_TAG) or call.outcome is None or record.cache == "hit"):
             return
         jobs = self.plan.jobs(request_id=record.id, prompt_id=record.prompt_hash or record.id, prompt=call.prompt,
                               served_model=record.model, answer=call.outcome.text or "", candidates=candidates,

@@ -14,6 +14,7 @@ from wattwise.config import Config, ModelConfig, PriceConfig, StoreConfig
 from wattwise.data import shipped_path
 from wattwise.gateway import Gateway
 from wattwise.outcomes import load_outcomes
+from wattwise.routing import policies
 
 pytestmark = pytest.mark.anyio
 OUTCOMES = "builtin:outcomes/routerbench_zs.test.jsonl.gz"
@@ -91,10 +92,13 @@ async def test_unknown_policy_is_400_naming_model(replay) -> None:  # type: igno
     assert response.status_code == 400 and response.json()["error"]["param"] == "model"
 
 
-async def test_cascade_pays_for_every_call(replay, rows) -> None:  # type: ignore[no-untyped-def]
+async def test_cascade_pays_for_every_call(replay, rows, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     client, gateway = replay
     prompts = list(dict.fromkeys(r.prompt for r in rows if r.task == "arc-challenge"))[:30]
     multi = 0
+    # Every check is made here (whether a check pays its way is tested in test_routing_router.py):
+    # this test is about metering each call of a multi-call answer.
+    monkeypatch.setattr(policies, "check_pays", lambda *args, **kwargs: True)
     for prompt in prompts:
         response = await client.post("/v1/chat/completions", json=ask(prompt, "auto:cascade"))
         assert response.status_code == 200, response.text

@@ -202,7 +202,9 @@ def demo(out_dir: str, limit: int | None, no_live: bool, as_json: bool) -> None:
                    f"against the best single model")
     for answer in result["live"]:
         mode = "stream" if answer["stream"] else "plain"
-        click.echo(f"[{answer['model']} {mode} {answer['seconds']}s] {answer['prompt']} -> {answer['answer'][:100]!r}")
+        cache = f" cache {answer['cache']}" if answer.get("cache") else ""
+        click.echo(f"[{answer['model']} {mode} {answer['seconds']}s{cache}] {answer['prompt']} -> "
+                   f"{answer['answer'][:100]!r}")
     click.echo(f"\nplot: {result['plot']}")
 
 

@@ -2,7 +2,8 @@
 
 (a) A replay fleet of every model in a shipped outcomes file answers each prompt through the HTTP
 API, once per single model and once with ``model: "auto"``; (b) a few live prompts go to the local
-GGUF model through the official ``openai`` client, streaming and not. Then a report table
+GGUF model through the official ``openai`` client, streaming and not, the last one asked twice at
+temperature 0 so the second answer comes from the response cache. Then a report table
 (quality, $, J, tokens/J, savings against the best single model) and a PNG.
 
 Usage::
@@ -134,7 +135,8 @@ def run_replay(store_url: str, *, limit: int | None, concurrency: int = 16) -> d
 
 
 def run_live(store_url: str, *, max_tokens: int = 48) -> list[dict[str, Any]]:
-    """A few prompts to each local model through the official openai client (streamed and not)."""
+    """A few prompts to each local model through the official openai client (streamed and not); the
+    last one (temperature 0) is asked twice, and the second answer comes from the response cache."""
     import openai
 
     config = default_config(store_url=store_url)
@@ -143,21 +145,27 @@ def run_live(store_url: str, *, max_tokens: int = 48) -> list[dict[str, Any]]:
     with serve_in_thread(create_app(gateway)) as base_url:
         client = openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
         for model in config.models:
-            for i, prompt in enumerate(tqdm(LIVE_PROMPTS, desc=f"live {model}", unit="req")):
+            asks = [*enumerate(LIVE_PROMPTS), (len(LIVE_PROMPTS) - 1, LIVE_PROMPTS[-1])]
+            for i, prompt in tqdm(asks, desc=f"live {model}", unit="req"):
                 messages: Any = [{"role": "user", "content": prompt}]
+                headers = {"x-wattwise-tag": f"live:{model}"}
                 started = time.perf_counter()
+                cache = None
                 if i == 0:
                     stream = client.chat.completions.create(model=model, messages=messages, stream=True,
                                                             max_tokens=max_tokens,
                                                             stream_options={"include_usage": True},
-                                                            extra_headers={"x-wattwise-tag": f"live:{model}"})
+                                                            extra_headers=headers)
                     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
                 else:
-                    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                           extra_headers={"x-wattwise-tag": f"live:{model}"})
-                    text = reply.choices[0].message.content or ""
+                    deterministic = {"temperature": 0} if i == len(LIVE_PROMPTS) - 1 else {}
+                    raw = client.chat.completions.with_raw_response.create(
+                        model=model, messages=messages, max_tokens=max_tokens, extra_headers=headers,
+                        extra_body=deterministic)
+                    cache = raw.headers.get("x-wattwise-cache")
+                    text = raw.parse().choices[0].message.content or ""
                 out.append({"model": model, "prompt": prompt, "answer": text.strip(), "stream": i == 0,
-                            "seconds": round(time.perf_counter() - started, 2)})
+                            "cache": cache, "seconds": round(time.perf_counter() - started, 3)})
     return out
 
 

@@ -210,3 +210,12 @@ def test_stream_dial_reads_the_best_model_from_the_reference() -> None:
         on_bounds.update(bounds, "small")
         on_means.update(bounds, "small", reference=means)
     assert on_means.cost_weight < 1.0 < on_bounds.cost_weight  # 0.85 < 0.95 x 0.99, but > 0.95 x 0.88
+
+
+def test_stream_dial_counts_the_plan_expected_quality_not_the_first_model() -> None:
+    estimates = [est("small", 0.8, 0.1), est("big", 0.96, 1.0)]  # 0.8 < 0.9 x 0.96: short alone
+    alone, planned = StreamDial(target=0.9, lam0=1.0), StreamDial(target=0.9, lam0=1.0)
+    for _ in range(100):
+        alone.update(estimates, "small")
+        planned.update(estimates, "small", expected=0.93)  # a checked cascade starting at small
+    assert alone.cost_weight < 1.0 < planned.cost_weight

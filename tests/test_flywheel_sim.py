@@ -140,3 +140,62 @@ def test_cli_names_a_bad_judge_model(tmp_path: Path, prior: Router, stream: list
     result = CliRunner().invoke(main, ["flywheel-sim", str(tmp_path / "stream.jsonl"), "--judge-model", "nope",
                                        "--router", str(tmp_path / "router.json"), "--retrain-every", "0"])
     assert result.exit_code != 0 and "judge model 'nope'" in result.output
+
+
+def test_cascade_plan_quality_and_serving_cost() -> None:
+    import asyncio
+
+    from wattwise.routing.flysim import plan_quality, serve
+    from wattwise.routing.policies import Estimate, RouteDecision
+
+    ests = [Estimate(name=m, quality=q, cost_usd=c, out_tokens=1.0)
+            for m, q, c in (("small", 0.8, 0.01), ("mid", 0.7, 0.02), ("big", 0.9, 1.0))]
+    single = RouteDecision(model="small", policy="utility", reason="", predicted_quality=0.8,
+                           predicted_cost_usd=0.01, steps=("small",))
+    checked = RouteDecision(model="small", policy="cascade", reason="", predicted_quality=0.8,
+                            predicted_cost_usd=0.01, steps=("small", "mid", "big"))
+    assert plan_quality(single, ests) == pytest.approx(0.8)
+    # agree and right 0.56, disagree 1 - 0.56 - 0.06 = 0.38, escalated at 0.9
+    assert plan_quality(checked, ests) == pytest.approx(0.56 + 0.38 * 0.9)
+
+    def row(model: str, text: str, cost: float, score: float) -> Outcome:
+        return Outcome(prompt_id="p", task="t", prompt="q?", model=model, score=score, cost_usd=cost,
+                       response=text)
+
+    agree = {"small": row("small", "The answer is B", 0.01, 1.0), "mid": row("mid", "The answer is B", 0.02, 1.0),
+             "big": row("big", "The answer is B", 1.0, 1.0)}
+    differ = {**agree, "mid": row("mid", "The answer is C", 0.02, 0.0)}
+    assert asyncio.run(serve(single, agree)) == ("small", 0.01, frozenset({"small"}))
+    assert asyncio.run(serve(checked, agree)) == ("small", pytest.approx(0.03), frozenset({"small", "mid"}))
+    assert asyncio.run(serve(checked, differ)) == ("big", pytest.approx(1.03), frozenset({"small", "mid", "big"}))
+
+
+def test_cascade_stream_serves_and_learns(prior: Router, shipped: list[Outcome], stream: list[Outcome]) -> None:
+    report = simulate(stream, router=prior, shipped=shipped,
+                      config=SimConfig(retrain_every=0, policy="cascade", **FAST))
+    last = report["last_half"]
+    assert report["config"]["policy"] == "cascade"
+    assert last["quality"] > last["static_quality"] + 0.15 and last["quality_share_of_best"] > 0.85
+    assert report["whole"]["cost_usd"] == pytest.approx(report["first_half"]["cost_usd"] + last["cost_usd"])
+
+
+def test_precision_stops_labelling_a_known_cell(prior: Router, shipped: list[Outcome],
+                                                stream: list[Outcome]) -> None:
+    loose = simulate(stream, router=prior, shipped=shipped, config=SimConfig(retrain_every=0, **FAST))
+    tight = simulate(stream, router=prior, shipped=shipped,
+                     config=SimConfig(retrain_every=0, precision=0.1, **FAST))
+    assert tight["labels"]["total"] < loose["labels"]["total"]
+    # se = sqrt(max(p(1-p), 0.01) / n) <= 0.1 by n = 25 whatever the mean: no cell goes far past it
+    assert max(c["n"] for cells in tight["posterior"].values() for c in cells.values()) <= 30
+    assert max(c["n"] for cells in loose["posterior"].values() for c in cells.values()) > 30
+
+
+def test_cli_passes_policy_and_precision(tmp_path: Path, prior: Router, stream: list[Outcome]) -> None:
+    write_outcomes(tmp_path / "stream.jsonl", stream)
+    prior.save(tmp_path / "router.json")
+    result = CliRunner().invoke(main, ["flywheel-sim", str(tmp_path / "stream.jsonl"), "--router",
+                                       str(tmp_path / "router.json"), "--retrain-every", "0", "--policy", "cascade",
+                                       "--precision", "0.05", "--json"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)["config"]
+    assert config["policy"] == "cascade" and config["precision"] == 0.05

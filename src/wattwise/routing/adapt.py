@@ -245,15 +245,17 @@ class StreamDial:
         return float(min(self.hi, max(self.lo, self.lam0 * math.exp(self.gain * self.sum))))
 
     def update(self, estimates: Sequence[Estimate], picked: str, *,
-               reference: Sequence[Estimate] | None = None) -> None:
+               reference: Sequence[Estimate] | None = None, expected: float | None = None) -> None:
         """Count one decision: ``picked`` among ``estimates``; the best single model's quality is read
-        from ``reference`` when given (posterior means, while the choice used lower bounds)."""
+        from ``reference`` when given (posterior means, while the choice used lower bounds);
+        ``expected`` replaces the picked estimate's quality (a cascade's plan is worth more than its
+        first model)."""
         ref = list(reference) if reference is not None else list(estimates)
         for e in ref:
             total, n = self._means.get(e.name, (0.0, 0))
             self._means[e.name] = (total + e.quality, n + 1)
         best = max(self._means, key=lambda m: self._means[m][0] / self._means[m][1])
-        chosen = {e.name: e.quality for e in estimates}.get(picked)
+        chosen = expected if expected is not None else {e.name: e.quality for e in estimates}.get(picked)
         top = {e.name: e.quality for e in ref}.get(best)
         if chosen is None or top is None:
             return

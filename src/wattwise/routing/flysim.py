@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ import numpy as np
 from wattwise.exceptions import InvalidRequest, OutcomesError
 from wattwise.outcomes import Outcome, by_prompt
 from wattwise.routing.adapt import AppPosterior, StreamDial
+from wattwise.routing.execute import Answer, cascade_calls
 from wattwise.routing.flywheel import (
     DAY_S,
     DEFAULT_RUBRIC,
@@ -45,7 +47,7 @@ from wattwise.routing.flywheel import (
     retrain,
     run_job,
 )
-from wattwise.routing.policies import Candidate
+from wattwise.routing.policies import WRONG_AGREE, Candidate, Estimate, RouteDecision
 from wattwise.routing.predictors import fit_prices
 from wattwise.routing.router import Router
 
@@ -77,12 +79,14 @@ class SimConfig:
     pessimism: float = 1.0  # z: the posterior's lower bound steers the choice (see AppPosterior)
     label_cap: int | None = 40  # labels per (application, model) after which it is not shadowed
     judge_cap: int | None = 150  # ... after which its served answers are not judged either
+    precision: float | None = None  # no label for a cell whose mean's standard error is already this small
     adapt: bool = True
     mean_reference: bool = True  # the dial's target is τ × the best model's posterior mean (not its bound)
     feedback: bool = True  # the dial corrects its estimates with the served answers' judged scores
     dial_gain: float = 0.5  # StreamDial: λ's response to the summed quality gap ...
     dial_memory: float = 200.0  # ... and that sum's half-life in requests
     app_field: str = "task"  # the outcomes field standing in for the application key
+    policy: str = "utility"  # or "cascade": first pick, a checker's agreement accepts it, else the top model
     window: int = 50
     seed: int = 0
 
@@ -169,21 +173,51 @@ class Arm:
     """One routing arm of the simulation: a router, a dial and (for the flywheel arm) a posterior."""
 
     def __init__(self, *, router: Router, dial: StreamDial, posterior: AppPosterior | None,
-                 mean_reference: bool = True) -> None:
+                 mean_reference: bool = True, policy: str = "utility") -> None:
         self.mean_reference = mean_reference  # the dial's best-model quality: posterior mean, not bound
         self.router = router
         self.dial = dial
         self.posterior = posterior
+        self.policy = policy
 
-    def pick(self, prompt: str, app: str, candidates: Sequence[Candidate]) -> tuple[str, float]:
-        """The model chosen for the prompt and its expected quality."""
+    def pick(self, prompt: str, app: str, candidates: Sequence[Candidate]) -> tuple[RouteDecision, float]:
+        """The decision for the prompt and its expected quality (for a cascade: of the plan's outcome)."""
         estimates = reference = self.router.estimate(prompt, candidates)
         if self.posterior is not None:
             reference = self.posterior.adjust(app, estimates, pessimism=0.0 if self.mean_reference else None)
             estimates = self.posterior.adjust(app, estimates)
-        decision = self.router.decide(estimates, policy="utility", cost_weight=self.dial.cost_weight)
-        self.dial.update(estimates, decision.model, reference=reference)
-        return decision.model, next(e.quality for e in estimates if e.name == decision.model)
+        decision = self.router.decide(estimates, policy=self.policy, cost_weight=self.dial.cost_weight)
+        expected = plan_quality(decision, estimates)
+        self.dial.update(estimates, decision.model, reference=reference, expected=expected)
+        return decision, expected
+
+
+def plan_quality(decision: RouteDecision, estimates: Sequence[Estimate]) -> float:
+    """Expected quality of a decision: the picked model's estimate, or for a checked cascade
+    (first, checker, top) p1·p2 + P(disagree)·q_top, errors independent and wrong answers agreeing
+    with probability ``WRONG_AGREE`` (as :func:`~wattwise.routing.policies.check_pays` assumes)."""
+    q = {e.name: e.quality for e in estimates}
+    steps = decision.steps or (decision.model,)
+    if len(steps) < 3:
+        return q[decision.model]
+    p1, p2, top = q[steps[0]], q[steps[1]], q[steps[-1]]
+    disagree = 1.0 - p1 * p2 - (1.0 - p1) * (1.0 - p2) * WRONG_AGREE
+    return p1 * p2 + disagree * top
+
+
+async def serve(decision: RouteDecision, per: dict[str, Outcome]) -> tuple[str, float, frozenset[str]]:
+    """The model whose recorded answer is served, the summed cost of every call the plan made and the
+    models it called (their answers are in hand: shadowing one of them costs only its judgement)."""
+    if len(decision.steps) <= 1:
+        return decision.model, per[decision.model].cost_usd or 0.0, frozenset((decision.model,))
+
+    async def call(model: str) -> Answer:
+        row = per[model]
+        return Answer(text=row.response or "", cost_usd=row.cost_usd or 0.0)
+
+    result = await cascade_calls(decision, call)
+    return (result.model, sum(c.answer.cost_usd or 0.0 for c in result.calls),
+            frozenset(c.model for c in result.calls))
 
 
 def simulate(
@@ -214,8 +248,9 @@ async def _simulate(rows: Sequence[Outcome], *, router: Router, shipped: Sequenc
     replay = Replay(table, judge_model=config.judge_model or best, noise=config.judge_noise, seed=config.seed)
     posterior = AppPosterior(strength=config.strength, pessimism=config.pessimism) if config.adapt else None
     dial = partial(StreamDial, target=config.quality_target, gain=config.dial_gain, memory=config.dial_memory)
-    flywheel = Arm(router=router, dial=dial(), posterior=posterior, mean_reference=config.mean_reference)
-    static = Arm(router=router, dial=dial(), posterior=None)
+    flywheel = Arm(router=router, dial=dial(), posterior=posterior, mean_reference=config.mean_reference,
+                   policy=config.policy)
+    static = Arm(router=router, dial=dial(), posterior=None, policy=config.policy)
     plan = LabelPlan(config=LabelConfig(judge_model=replay.judge_model, judge_share=config.judge_share,
                                         shadow_share=config.shadow_share, shadow_models=config.shadow_models,
                                         seed=config.seed))
@@ -230,17 +265,20 @@ async def _simulate(rows: Sequence[Outcome], *, router: Router, shipped: Sequenc
         first = next(iter(per.values()))
         now = i / len(order) * config.days * DAY_S
         app = str(getattr(first, config.app_field))
-        model, expected = flywheel.pick(first.prompt, app, candidates)
+        decision, expected = flywheel.pick(first.prompt, app, candidates)
+        model, serving_usd, called = await serve(decision, per)
         costs = {m: row.cost_usd or 0.0 for m, row in per.items()}
-        static_model, _ = static.pick(first.prompt, app, candidates)
+        static_model, static_usd, _ = await serve(static.pick(first.prompt, app, candidates)[0], per)
         served = per[model]
         spent = shadow_usd = 0.0
         for job in plan.jobs(request_id=f"sim-{i}", prompt_id=pid, prompt=first.prompt, served_model=model,
                              answer=served.response or "", candidates=names, app=app,
-                             cost_usd=served.cost_usd):
+                             cost_usd=serving_usd):
             if not _wanted(job, posterior, config, served_model=model, costs=costs):
                 continue
             shadow_call, judge_call = replay.job_cost(pid, job)
+            if job.model in called:
+                shadow_call = 0.0  # the plan already paid for this answer
             usd = shadow_call + judge_call
             if not budget.allow(usd=usd, joules=0.0, now=now):
                 continue
@@ -266,8 +304,8 @@ async def _simulate(rows: Sequence[Outcome], *, router: Router, shipped: Sequenc
         oracle = min(per.values(), key=lambda r: (-r.score, r.cost_usd or 0.0))
         steps.append(Step(
             index=i, app=app, model=model, score=served.score, expected=expected,
-            cost_usd=served.cost_usd or 0.0, labelling_usd=spent, shadow_usd=shadow_usd, labels=len(labels),
-            static_score=per[static_model].score, static_cost_usd=per[static_model].cost_usd or 0.0,
+            cost_usd=serving_usd, labelling_usd=spent, shadow_usd=shadow_usd, labels=len(labels),
+            static_score=per[static_model].score, static_cost_usd=static_usd,
             best_score=per[best].score, best_cost_usd=per[best].cost_usd or 0.0, oracle_score=oracle.score,
             oracle_cost_usd=oracle.cost_usd or 0.0, cost_weight=flywheel.dial.cost_weight))
         if progress is not None:
@@ -283,11 +321,16 @@ def _wanted(job: LabelJob, posterior: AppPosterior | None, config: SimConfig, *,
     A served answer is judged until its cell has ``judge_cap`` labels. A model is shadowed until it has
     ``label_cap``; after that (up to four times as many) only while it is no dearer than the served
     model and may still be as good (:meth:`AppPosterior.contender`), so an unlucky early estimate of
-    a cheap model is not frozen.
+    a cheap model is not frozen. With ``precision``, a cell whose mean is already known to that
+    standard error (at least 10 labels) gets no more labels of either kind.
     """
     if posterior is None or job.app is None:
         return True
-    n = posterior.cell(job.app, job.model).n
+    cell = posterior.cell(job.app, job.model)
+    n = cell.n
+    if config.precision is not None and cell.mean is not None and n >= 10 and \
+            math.sqrt(max(cell.mean * (1.0 - cell.mean), 0.01) / n) <= config.precision:
+        return False
     if job.kind != "shadow":
         return config.judge_cap is None or n < config.judge_cap
     if config.label_cap is None or n < config.label_cap:

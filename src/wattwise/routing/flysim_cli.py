@@ -44,9 +44,13 @@ from wattwise.exceptions import WattwiseError
               help="labels per (app, model) before shadowing stops (0: no cap)")
 @click.option("--judge-cap", default=150, show_default=True, type=int,
               help="labels per (app, model) before served answers stop being judged (0: no cap)")
+@click.option("--precision", type=float,
+              help="no more labels for an (app, model) whose mean's standard error is this small (default: off)")
 @click.option("--no-adapt", is_flag=True, help="per-application adaptation off (retraining only)")
 @click.option("--app-field", default="task", show_default=True, type=click.Choice(["task", "model"]),
               help="the outcomes field standing in for the application key")
+@click.option("--policy", default="utility", show_default=True, type=click.Choice(["utility", "cascade"]),
+              help="how the flywheel and static arms serve: one model, or a checked cascade")
 @click.option("--window", default=50, show_default=True, type=int, help="prompts per curve point")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -55,8 +59,8 @@ def flysim_command(outcomes: str, router_path: str | None, shipped: str | None, 
                    quality_target: float, judge_model: str | None, judge_noise: float, judge_share: float,
                    shadow_share: float, shadow_models: str | None, label_usd_per_day: float, days: float,
                    retrain_every: int, holdout_share: float, strength: float, pessimism: float, label_cap: int,
-                   judge_cap: int, no_adapt: bool, app_field: str, window: int, seed: int, as_json: bool,
-                   plot: str | None) -> None:
+                   judge_cap: int, precision: float | None, no_adapt: bool, app_field: str, policy: str,
+                   window: int, seed: int, as_json: bool, plot: str | None) -> None:
     """Replay OUTCOMES as a stream through routing, labelling, retraining and per-app adaptation."""
     from tqdm import tqdm
 
@@ -73,7 +77,9 @@ def flysim_command(outcomes: str, router_path: str | None, shipped: str | None, 
             shadow_models=tuple(m.strip() for m in shadow_models.split(",")) if shadow_models else None,
             budget_usd_per_day=label_usd_per_day, days=days, retrain_every=retrain_every,
             holdout_share=holdout_share, strength=strength, pessimism=pessimism, label_cap=label_cap or None,
-            judge_cap=judge_cap or None, adapt=not no_adapt, app_field=app_field, window=window, seed=seed)
+            judge_cap=judge_cap or None, precision=precision, adapt=not no_adapt, app_field=app_field,
+            policy=policy, window=window,
+            seed=seed)
         rows = load_outcomes(outcomes)
         base = load_outcomes(shipped) if shipped else []
         if shipped_task:

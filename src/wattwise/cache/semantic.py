@@ -39,6 +39,7 @@ import difflib
 import math
 import random
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +71,7 @@ one's someone something anyone anything thing things way ways someone's
 """
 STOPWORDS = frozenset(_STOPWORDS.split())
 # Function words that decide an answer when one replaces another ("more" / "less", "before" / "after").
+MAX_SEQUENCE = 2000  # words of a text's tail kept in order for the diff (the question sits at the end)
 POLAR = frozenset({"more", "most", "less", "least", "fewer", "few", "many", "much", "all", "some", "any", "each",
                    "every", "both", "only", "above", "below", "over", "under", "before", "after"})
 
@@ -163,6 +165,7 @@ class Features:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Features:
         fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+        fields["sequence"] = tuple(sys.intern(w) for w in fields.get("sequence", ()))
         return cls(**fields)
 
 
@@ -218,9 +221,9 @@ class Guard:
                 numbers.append(f"{NUMBER_WORDS[low]:g}")
                 continue
             if low in STOPWORDS or (low.endswith("'s") and low[:-2] in STOPWORDS):
-                sequence.append(low)  # aligns the diff; checked only if it is a quantity or comparison word
+                sequence.append(sys.intern(low))  # aligns the diff; checked only if a quantity/comparison word
                 continue
-            stem = _stem(low)
+            stem = sys.intern(_stem(low))  # interned: long prompts' sequences share their strings
             sequence.append(stem)
             if stem not in words:
                 words.append(stem)
@@ -230,7 +233,7 @@ class Guard:
                         identifiers=tuple(sorted(set(idents))), quotes=tuple(sorted(set(quotes))),
                         code=tuple(sorted(set(code))), negations=negations, person=tuple(sorted(person)),
                         question=tuple(sorted(question)), words=tuple(words), vocabulary=tuple(sorted(vocabulary)),
-                        options=options, sequence=tuple(sequence))
+                        options=options, sequence=tuple(sequence[-MAX_SEQUENCE:]))
 
     def differs(self, a: Features, b: Features) -> str | None:
         """None when no answer-determining part differs, else a short reason."""
@@ -327,6 +330,10 @@ def _changed(a: Features, b: Features) -> list[tuple[tuple[str, ...], tuple[str,
         if tag != "equal":
             left += [w for w in a.sequence[i1:i2] if _checked(w)]
             right += [w for w in b.sequence[j1:j2] if _checked(w)]
+    # Sequences keep a long text's last MAX_SEQUENCE words: a content word only one whole text has
+    # (the word sets cover all of it) counts as changed even where the kept tails agree.
+    left += [w for w in a.words if w not in set(b.words) and w not in left]
+    right += [w for w in b.words if w not in set(a.words) and w not in right]
     if not left and not right:
         return []
     return [(tuple(left), tuple(right) or b.words), (tuple(right), tuple(left) or a.words)]

@@ -343,3 +343,12 @@ def test_the_cache_admin_view_hides_a_redis_password() -> None:
     assert redacted_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert redacted_url("redis://user:s3cret@cache/0") == "redis://user:***@cache/0"
     assert redacted_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+async def test_an_answer_kept_under_no_cache_is_indexed_for_semantic_hits(cached_gateway: Any) -> None:
+    semantic = FixedSemantic({"what is 12 times 7": [1, 0, 0], "what is 12 times 7 ?": [0.995, 0.0998, 0]})
+    async with cached_gateway(CacheConfig(), semantic=semantic) as (client, _upstream, gateway):
+        first = await ask(client, gateway, user("what is 12 times 7"), {"cache-control": "no-cache"})
+        assert first.headers["x-wattwise-cache"] == "bypass"
+        hit = await ask(client, gateway, user("what is 12 times 7 ?"))
+        assert hit.headers["x-wattwise-cache"] == "hit" and hit.headers["x-wattwise-cache-kind"] == "semantic"

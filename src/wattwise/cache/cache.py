@@ -105,9 +105,6 @@ class Hit:
         return f"cache hit ({how}) of {self.entry.request_id}"
 
 
-BYPASS = Plan(mode="off", key=None, lookup=False, save=False)
-
-
 def _directives(cache_control: str | None) -> set[str]:
     return {part.strip().lower() for part in (cache_control or "").split(",") if part.strip()}
 
@@ -221,6 +218,10 @@ class ResponseCache:
 
     async def _remember(self, plan: Plan, entry: Entry) -> None:
         try:
+            if plan.mode == "semantic" and entry.vector is None and self.semantic is not None and plan.key \
+                    and plan.key.text is not None:  # not looked up (Cache-Control: no-cache): index it anyway
+                entry.vector = self.semantic.embed(plan.key.text)
+                entry.features = self.semantic.features(plan.key.text)
             if plan.probe is not None and self.semantic is not None:
                 same = self.semantic.same_answer(answer_text(plan.probe.entry.body), answer_text(entry.body))
                 evidence = (plan.probe.klass, plan.probe.similarity, same, plan.probe.refused)

@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import random
 import re
@@ -206,6 +207,7 @@ class Guard:
         numbers = [_number(m.group(0)) for m in _NUMBER.finditer(prose)]
         negations, entities, person, question, words, vocabulary = 0, set(), set(), set(), [], set()
         sequence: list[str] = []
+        seen: set[str] = set()
         for m in _WORD.finditer(prose):
             raw = m.group(0)
             low = raw.lower().replace("’", "'")
@@ -225,7 +227,8 @@ class Guard:
                 continue
             stem = sys.intern(_stem(low))  # interned: long prompts' sequences share their strings
             sequence.append(stem)
-            if stem not in words:
+            if stem not in seen:
+                seen.add(stem)
                 words.append(stem)
             if (raw[0].isupper() and not _sentence_start(prose, m.start())) or (len(raw) > 1 and raw.isupper()):
                 entities.add(stem)
@@ -252,7 +255,7 @@ class Guard:
         Winogrande twin: "more" for "less"), so "near" candidates get a threshold of their own, apart
         from rewordings that change no content word, and the false-hit bound holds in each.
         """
-        if a.sequence and b.sequence and not _changed(a, b):
+        if a.sequence and b.sequence and _checked_words(a) == _checked_words(b):
             return "same-words"
         left, right = set(a.vocabulary), set(b.vocabulary)
         shared = len(left & right) / max(1, len(left), len(right))
@@ -315,6 +318,7 @@ class Guard:
         return vec
 
 
+@functools.lru_cache(maxsize=64)  # the guard's word check and the class both ask for the same pair
 def _changed(a: Features, b: Features) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """The words each side has that the other lacks, and where to look for their counterparts.
 
@@ -337,6 +341,12 @@ def _changed(a: Features, b: Features) -> list[tuple[tuple[str, ...], tuple[str,
     if not left and not right:
         return []
     return [(tuple(left), tuple(right) or b.words), (tuple(right), tuple(left) or a.words)]
+
+
+def _checked_words(features: Features) -> tuple[str, ...]:
+    """The words that can change an answer, in order (two texts equal in these differ only in function
+    words, case, spacing and punctuation)."""
+    return tuple(w for w in features.sequence if _checked(w))
 
 
 def _checked(word: str) -> bool:

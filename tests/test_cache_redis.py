@@ -54,6 +54,18 @@ async def test_two_stores_share_entries_index_and_evidence(redis_prefix: str) ->
         await b.aclose()
 
 
+async def test_any_answer_text_survives_redis(redis_prefix: str) -> None:
+    store = RedisStore(url=REDIS_BASE, prefix=redis_prefix)
+    try:
+        odd = entry("k9")
+        odd.body = {"choices": [{"message": {"content": "nul \x00, lone \ud800, accents é, emoji 😀"}}]}
+        await store.put(odd, ttl_s=60)
+        got = await store.get("k9")
+        assert got is not None and got.body == odd.body
+    finally:
+        await store.aclose()
+
+
 async def test_an_unreachable_redis_is_reported_not_raised_as_a_500(cached_gateway: Any) -> None:  # noqa: F811
     store = RedisStore(url="redis://127.0.0.1:1/0", timeout_s=0.2)
     with pytest.raises(CacheUnavailable):

@@ -230,6 +230,8 @@ class ResponseCache:
             await self.store.put(entry, ttl_s=self.config.ttl_s)
         except CacheUnavailable as exc:
             self._warn(exc)
+        except Exception:  # keeping an answer is a side line: the request it came from is already served
+            log.exception("request %s: its answer could not be kept in the cache", entry.request_id)
 
     def _spawn(self, work: Any) -> None:
         try:

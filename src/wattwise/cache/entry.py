@@ -65,7 +65,8 @@ class Entry:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vector"}
         if with_vector and self.vector is not None:
             data["vector"] = pack_vector(self.vector)
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        # ASCII escapes: any text the answer holds (a NUL, a lone surrogate) survives a bytes store.
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Entry:

@@ -388,9 +388,8 @@ class Thresholds:
     ``floor`` is verified, including those the guard refused (they go upstream anyway, so a
     verification costs one answer comparison). Per class the state is, for guard-passing candidates in
     ``bins`` equal similarity bins over ``[floor, 1]``, the number verified and the number wrong, plus
-    the same two numbers for refused candidates. The threshold is the lowest bin edge at which the
-    Wilson upper bound (one-sided, ``z``) of ``wrong passing candidates at or above the edge / all wrong
-    candidates`` is at most ``max_error``; until the evidence supports some edge, nothing is served.
+    the same two numbers for refused candidates. The classes' thresholds are chosen together under one
+    budget of wrong candidates (see :meth:`_learn_all`); until the evidence supports one, nothing is served.
 
     Every candidate is sampled at the same rate, hit or not, refused or not, so the counts stay
     comparable: the rate is 1 until the class has ``warm`` verified candidates and ``explore`` after.

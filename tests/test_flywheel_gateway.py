@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 
+from wattwise.api.app import create_app
 from wattwise.backends.base import ChatRequest, Completion
 from wattwise.backends.mock import MockBackend
 from wattwise.config import BatchConfig, Config, FlywheelConfig, ModelConfig, PriceConfig, RouterConfig, StoreConfig
@@ -343,5 +345,11 @@ async def _cache_hit(url: str, serving: Router) -> None:
         await until(lambda: flywheel.labelled == 1)
         await asyncio.sleep(0.2)
         assert flywheel.labelled == 1  # the hit served c1's answer, already judged
+        transport = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+            metrics = (await client.get("/metrics")).text
+        assert 'wattwise_flywheel{stat="labels"} 1.0' in metrics
+        assert 'wattwise_flywheel{stat="label_usd_per_day"}' in metrics
+        assert f'wattwise_router_version_info{{version="{gateway.router.version}"}} 1.0' in metrics  # type: ignore[attr-defined]
     finally:
         await gateway.stop()

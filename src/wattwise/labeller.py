@@ -135,6 +135,14 @@ class Flywheel:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
 
+    def stats(self) -> dict[str, float]:
+        """This replica's flywheel figures for ``/metrics``: the label queue, labels stored, spend today."""
+        self.budget.left(now=time.time())  # rolls the day over if it has turned
+        return {"pending_jobs": len(self.pending), "dropped_jobs": self.dropped, "labels": self.labelled,
+                "lost_results": self.lost, "running_jobs": len(self.running), "retrains": len(self.promotions),
+                "promotions": sum(1 for p in self.promotions if p.promoted), "label_usd_today": self.budget.usd,
+                "label_joules_today": self.budget.joules, "label_usd_per_day": self.budget.usd_per_day}
+
     @classmethod
     def attach(cls, gateway: Gateway, **kwargs: Any) -> Flywheel | None:
         """A flywheel for ``gateway`` from its ``[flywheel]`` config, hooked in; None when disabled."""

@@ -57,6 +57,11 @@ class Metrics:
                                        registry=r)
         self.cache_saved_energy = Counter("wattwise_cache_saved_joules", "Joules the served cache hits had cost",
                                           registry=r)
+        self.flywheel = Gauge("wattwise_flywheel", "The flywheel on this replica: label jobs pending, running "
+                              "and dropped, labels stored, retrains and promotions, labelling spend today",
+                              ["stat"], registry=r)
+        self.router_version = Gauge("wattwise_router_version_info", "The router serving auto (1 for its version)",
+                                    ["version"], registry=r)
         self.trace_backlog = Gauge("wattwise_trace_backlog", "Trace rows accepted but not yet written",
                                    registry=r)
 

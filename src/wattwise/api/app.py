@@ -255,6 +255,13 @@ async def metrics(request: Request) -> Response:
     writer = gateway.writer
     gateway.metrics.trace_backlog.set(writer.submitted - writer.written - writer.failed)
     gateway.metrics.in_flight.set(sum(gateway.in_flight.values()))
+    for service in gateway.services:
+        for name, value in getattr(service, "stats", dict)().items():
+            gateway.metrics.flywheel.labels(name).set(value)
+    version = getattr(gateway.router, "version", None)
+    if isinstance(version, str):
+        gateway.metrics.router_version.clear()
+        gateway.metrics.router_version.labels(version).set(1)
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -352,3 +352,40 @@ async def test_an_answer_kept_under_no_cache_is_indexed_for_semantic_hits(cached
         assert first.headers["x-wattwise-cache"] == "bypass"
         hit = await ask(client, gateway, user("what is 12 times 7 ?"))
         assert hit.headers["x-wattwise-cache"] == "hit" and hit.headers["x-wattwise-cache-kind"] == "semantic"
+
+
+EMBEDDING = {"object": "list", "model": "text-embed-up",
+             "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2, 0.3]}],
+             "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+
+
+def reply_embeddings(request: MockRequest) -> Any:
+    if request.url.endswith("/embeddings"):
+        return 200, json.dumps(EMBEDDING).encode(), {"content-type": "application/json"}
+    return reply_json(request)
+
+
+async def test_embeddings_are_kept_when_configured(cached_gateway: Any) -> None:
+    ask_ = {"model": "up", "input": "wattwise caches embeddings"}
+    async with cached_gateway(CacheConfig(embeddings=True), reply=reply_embeddings) as (client, upstream, gateway):
+        assert gateway.cache is not None
+        first = await client.post("/v1/embeddings", json=ask_)
+        await gateway.cache.settle()
+        second = await client.post("/v1/embeddings", json=ask_)
+        other = await client.post("/v1/embeddings", json={**ask_, "input": "something else"})
+        embedded = [b for b in upstream.bodies if b and "input" in b]
+        assert len(embedded) == 2  # the repeat was not asked upstream
+        assert first.headers["x-wattwise-cache"] == "miss" and second.headers["x-wattwise-cache"] == "hit"
+        assert other.headers["x-wattwise-cache"] == "miss"
+        a, b = first.json(), second.json()
+        assert b["data"] == a["data"] and b["usage"] == a["usage"] and b["model"] == "up"
+        assert b["wattwise"]["cost_usd"] == 0 and b["wattwise"]["cache"]["source_request_id"] == \
+            first.headers["x-wattwise-request-id"]
+        gateway.writer.flush()
+        row = gateway.store.get(second.headers["x-wattwise-request-id"])
+        assert row is not None and row.cache == "hit" and row.cost_source == "cache_hit"
+    async with cached_gateway(reply=reply_embeddings) as (client, upstream, gateway):  # off by default
+        for _ in range(2):
+            response = await client.post("/v1/embeddings", json=ask_)
+            assert response.status_code == 200 and "x-wattwise-cache" not in response.headers
+        assert len([b for b in upstream.bodies if b and "input" in b]) == 2

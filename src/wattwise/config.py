@@ -286,7 +286,8 @@ class CacheConfig(_Strict):
     used evicted); ``redis://…`` shares them between replicas. ``share``: entries belong to the API
     key (``"key"``), its team (``"team"``) or everyone (``"all"``). ``max_error``: the semantic
     cache's allowed false-hit rate, which its learned thresholds keep to. ``lookup_watts``: the
-    power a lookup is assumed to draw, for a hit's estimated energy.
+    power a lookup is assumed to draw, for a hit's estimated energy. ``embeddings``: also keep
+    ``/v1/embeddings`` answers (exact requests only; vectors are large, so mind ``max_entries``).
     """
 
     enabled: bool = True
@@ -302,6 +303,7 @@ class CacheConfig(_Strict):
     max_error: float = Field(default=0.01, gt=0, lt=1)
     candidates: int = Field(default=4, ge=1, le=64)
     lookup_watts: float = Field(default=15.0, ge=0)
+    embeddings: bool = False
 
     @model_validator(mode="after")
     def _semantic_default(self) -> CacheConfig:

@@ -92,6 +92,9 @@ async def forward(request: Request) -> Response:
     if body.stream:
         return await _stream(call, path, data)
     async with call:
+        hit = await _from_cache(call, gateway, request, path, data)
+        if hit is not None:
+            return hit
         started = time.perf_counter()
 
         async def once(backend: Backend) -> Completion:
@@ -103,6 +106,30 @@ async def forward(request: Request) -> Response:
         if "model" in answer:
             answer["model"] = body.model
         return JSONBody(answer, headers={**meter_headers(call.request_id, outcome), **done.headers})
+
+
+async def _from_cache(call: Call, gateway: Gateway, request: Request, path: str, data: dict[str, Any]
+                      ) -> Response | None:
+    """An ``/embeddings`` answer from the response cache when ``[cache] embeddings`` keeps them (else
+    the call's plan says whether its answer is to be kept)."""
+    if gateway.cache is None:
+        return None
+    plan = gateway.cache.plan_payload(path, data, principal=call.principal,
+                                      cache_control=request.headers.get("cache-control"))
+    call.cache_plan = plan
+    found = await gateway.cache.lookup(plan)
+    assert call.outcome is not None
+    call.outcome.cache = plan.status if plan.key is not None else None
+    if found is None:
+        return None
+    entry = found.entry
+    call.outcome = outcome = Outcome(
+        decision=Decision(model=entry.model, policy="cache", reason=found.reason), usage=Usage(), cost_usd=0.0,
+        cost_source="cache_hit", energy=found.energy, cache="hit", cached=found, text=None)
+    answer = {**entry.body, "wattwise": meter_body(outcome)}
+    if entry.upstream_model is not None:  # the upstream's answer named a model: name ours, as when live
+        answer["model"] = entry.model
+    return JSONBody(answer, headers=meter_headers(call.request_id, outcome))
 
 
 async def _stream(call: Call, path: str, data: dict[str, Any]) -> Response:

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from wattwise.cache.entry import Entry, stored_body
-from wattwise.cache.key import Mode, RequestKey, deterministic, namespace_of, request_key
+from wattwise.cache.key import Mode, RequestKey, deterministic, namespace_of, payload_key, request_key
 from wattwise.cache.stores import CacheStore, CacheUnavailable
 from wattwise.config import CacheConfig
 from wattwise.exceptions import InvalidRequest
@@ -141,6 +141,17 @@ class ResponseCache:
         directives = _directives(cache_control)
         key = request_key(body, namespace=namespace_of(principal, share=self.config.share))
         return Plan(mode=mode, key=key, lookup="no-cache" not in directives and "no-store" not in directives,
+                    save="no-store" not in directives, reason="cache-control" if directives else "")
+
+    def plan_payload(self, path: str, data: dict[str, Any], *, principal: Any = None,
+                     cache_control: str | None = None) -> Plan:
+        """The plan of an ``/embeddings`` request: exact only, when ``[cache] embeddings`` is on
+        (an embedding model gives the same vectors for the same input, so no opt-in per request)."""
+        if not self.config.embeddings or path != "/embeddings":
+            return Plan(mode="off", key=None, lookup=False, save=False, reason="not cached")
+        directives = _directives(cache_control)
+        key = payload_key(path, data, namespace=namespace_of(principal, share=self.config.share))
+        return Plan(mode="exact", key=key, lookup="no-cache" not in directives and "no-store" not in directives,
                     save="no-store" not in directives, reason="cache-control" if directives else "")
 
     # -- the lookup ----------------------------------------------------------------------------

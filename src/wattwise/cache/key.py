@@ -89,6 +89,14 @@ def request_key(body: ChatBody, *, namespace: str) -> RequestKey:
     return RequestKey(namespace=namespace, exact=exact, context=context, text=text)
 
 
+def payload_key(path: str, data: dict[str, Any], *, namespace: str) -> RequestKey:
+    """The key of another endpoint's request (``/embeddings``): its path and every field sent but
+    those that never change the answer."""
+    fields = {k: v for k, v in data.items() if k not in NOT_KEYED}
+    exact = _digest({"ns": namespace, "path": path, "fields": fields})
+    return RequestKey(namespace=namespace, exact=exact, context=exact, text=None)
+
+
 def deterministic(body: ChatBody) -> bool:
     """Whether the request asks for a reproducible answer: temperature 0, or a fixed ``seed``."""
     return body.temperature == 0 or body.seed is not None

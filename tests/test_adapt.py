@@ -189,6 +189,13 @@ def test_an_adjusted_cascade_runs_its_own_plan(router: Any) -> None:
     assert decision.execute is not None
     result = asyncio.run(decision.execute(call))
     assert called[0] == "big" and result.model == "big"
+    # best-of-N too samples the model the adjusted plan chose (it used to route the prompt again, unadjusted)
+    called.clear()
+    decision = picker.pick(prompt="Which colour is fruit number 7?", policy="best_of_n",
+                           body=body(wattwise={"tag": "coding", "quality_target": 0.9}), gateway=cast(Any, None))
+    assert decision.execute is not None and decision.model == "big"
+    result = asyncio.run(decision.execute(call))
+    assert set(called) == {"big"} and result.model == "big"
 
 
 def test_stream_dial_feedback_corrects_optimistic_estimates() -> None:

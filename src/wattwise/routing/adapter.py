@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from wattwise.gateway import CallFn, Decision, Gateway
     from wattwise.request import ChatBody
 
-MULTI = {"cascade": execute.run_cascade, "best_of_n": execute.run_best_of_n}
+# Multi-call policies: how each carries out the plan its decision made (the plan already holds the
+# per-application adjustment, and the prompt is not routed twice).
+PLANS = {"cascade": execute.cascade_calls, "best_of_n": execute.best_of_n_calls}
 
 
 def candidates_from(config: Config) -> list[Candidate]:
@@ -86,33 +88,19 @@ class TrainedPicker:
             estimates = self.posterior.adjust(app, router.estimate(prompt, self.candidates))
             decision = router.decide(estimates, policy=policy, quality_target=dial.quality_target,
                                      max_cost_usd=dial.max_cost_usd)
-        runner = MULTI.get(policy)
-        run: Callable[[CallFn], Awaitable[Any]] | None = None
-        if policy == "cascade" and app is not None:
-            run = partial(_run_plan, decision)  # the adjusted plan, not a fresh unadjusted one
-        elif runner is not None:
-            run = partial(_run, runner, router, prompt, self.candidates,
-                          dial.quality_target, dial.max_cost_usd)
+        plan = PLANS.get(policy)
+        run: Callable[[CallFn], Awaitable[Any]] | None = None if plan is None else partial(_run_plan, plan, decision)
         return Decision(model=decision.model, policy=decision.policy, reason=decision.reason, execute=run,
                         reasoning_effort=decision.reasoning_effort, router_version=version)
 
 
-async def _run(runner: Any, router: Router, prompt: str, candidates: Sequence[Candidate],
-               quality_target: float | None, max_cost_usd: float | None, call: CallFn) -> Any:
+async def _run_plan(plan: Callable[[RouteDecision, execute.CallFn], Awaitable[Any]], decision: RouteDecision,
+                    call: CallFn) -> Any:
     async def adapted(model: str) -> execute.Answer:
         got = await call(model)
         return execute.Answer(text=got.text, cost_usd=got.cost_usd, logprob=got.logprob)
 
-    return await runner(router, prompt, candidates, adapted, quality_target=quality_target,
-                        max_cost_usd=max_cost_usd)
-
-
-async def _run_plan(decision: RouteDecision, call: CallFn) -> Any:
-    async def adapted(model: str) -> execute.Answer:
-        got = await call(model)
-        return execute.Answer(text=got.text, cost_usd=got.cost_usd, logprob=got.logprob)
-
-    return await execute.cascade_calls(decision, adapted)
+    return await plan(decision, adapted)
 
 
 def load_picker(config: Config, *, config_dir: str = ".") -> TrainedPicker:

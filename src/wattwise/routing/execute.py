@@ -160,6 +160,12 @@ async def run_best_of_n(
     decision = router.route(
         prompt, candidates, policy="best_of_n", quality_target=quality_target, max_cost_usd=max_cost_usd
     )
+    return await best_of_n_calls(decision, call, judge=judge)
+
+
+async def best_of_n_calls(decision: RouteDecision, call: CallFn,
+                          judge: Callable[[Sequence[Answer]], Awaitable[int]] | None = None) -> MultiCallResult:
+    """Carry out a best-of-N plan: ``decision.n`` answers of ``decision.model``, then a vote or ``judge``."""
     calls = [Call(model=decision.model, answer=await call(decision.model)) for _ in range(decision.n)]
     answers = [c.answer for c in calls]
     index, how = majority(answers)

@@ -4,21 +4,18 @@ stale upstreams, Cache-Control, metering of hits, purges, and semantic hits behi
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from tests.test_passthrough import MSG, TOOL_STREAM, USAGE, Upstream, events, sse
+from tests.test_passthrough import MSG, TOOL_STREAM, USAGE, Upstream, events, serve_upstream, sse
 
-from wattwise.api.app import create_app
 from wattwise.api.cache import redacted_url
-from wattwise.backends.openai_http import OpenAIHTTPBackend
-from wattwise.backends.transport import MockRequest, MockTransport
+from wattwise.backends.transport import MockRequest
 from wattwise.cache.key import namespace_of, request_key
-from wattwise.config import CacheConfig, Config, ModelConfig, PriceConfig, StoreConfig
+from wattwise.config import CacheConfig
 from wattwise.gateway import Gateway
 from wattwise.reports.usage import format_table, summarize
 from wattwise.request import chat_body
@@ -42,28 +39,15 @@ def reply_json(request: MockRequest) -> Any:
 
 @pytest.fixture
 def cached_gateway(store: TraceStore) -> Callable[..., Any]:
-    @asynccontextmanager
-    async def make(cache: CacheConfig | None = None, *, upstream_model: str = "gpt-up", semantic: Any = None,
-                   reply: Any = reply_json, gateway_store: TraceStore | None = None
-                   ) -> AsyncIterator[tuple[httpx.AsyncClient, Upstream, Gateway]]:
-        upstream = Upstream(reply)
-        backend = OpenAIHTTPBackend(name="up", base_url="http://upstream/v1", upstream_model=upstream_model,
-                                    api_key="sk-test", transport=MockTransport(upstream))
-        config = Config(store=StoreConfig(url=store.url, flush_interval_s=0.01), cache=cache or CacheConfig(),
-                        models={"up": ModelConfig(backend="openai_http", base_url="http://upstream/v1",
-                                                  upstream_model=upstream_model,
-                                                  price=PriceConfig(input=1.0, output=2.0))})
-        gateway = Gateway(config=config, backends={"up": backend}, store=gateway_store or store)
-        if semantic is not None:
-            assert gateway.cache is not None
-            gateway.cache.semantic = semantic
-        await gateway.start()
-        try:
-            transport = httpx.ASGITransport(app=create_app(gateway))
-            async with httpx.AsyncClient(transport=transport, base_url="http://wattwise") as client:
-                yield client, upstream, gateway
-        finally:
-            await gateway.stop()
+    def make(cache: CacheConfig | None = None, *, upstream_model: str = "gpt-up", semantic: Any = None,
+             reply: Any = reply_json, gateway_store: TraceStore | None = None) -> Any:
+        def prepare(gateway: Gateway) -> None:
+            if semantic is not None:
+                assert gateway.cache is not None
+                gateway.cache.semantic = semantic
+
+        return serve_upstream(gateway_store or store, reply, upstream_model=upstream_model, cache=cache,
+                              prepare=prepare)
 
     return make
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ import pytest
 from wattwise.api.app import create_app
 from wattwise.backends.openai_http import OpenAIHTTPBackend
 from wattwise.backends.transport import MockRequest, MockTransport
-from wattwise.config import Config, ModelConfig, PriceConfig, StoreConfig
+from wattwise.config import CacheConfig, Config, ModelConfig, PriceConfig, StoreConfig
 from wattwise.gateway import Gateway
 from wattwise.store.sql import TraceStore
 
@@ -67,28 +68,32 @@ class Upstream:
         return self.reply(request)
 
 
+@asynccontextmanager
+async def serve_upstream(store: TraceStore, reply: Handler, *, upstream_model: str = "gpt-up",
+                         cache: CacheConfig | None = None, prepare: Callable[[Gateway], None] | None = None
+                         ) -> AsyncIterator[tuple[httpx.AsyncClient, Upstream, Gateway]]:
+    """A gateway with one pass-through model ``up`` over a scripted upstream, and a client for it."""
+    upstream = Upstream(reply)
+    backend = OpenAIHTTPBackend(name="up", base_url="http://upstream/v1", upstream_model=upstream_model,
+                                api_key="sk-secret-key-123456", transport=MockTransport(upstream))
+    config = Config(store=StoreConfig(url=store.url, flush_interval_s=0.01), cache=cache or CacheConfig(), models={
+        "up": ModelConfig(backend="openai_http", base_url="http://upstream/v1", upstream_model=upstream_model,
+                          price=PriceConfig(input=1.0, output=2.0, cached_input=0.5))})
+    gateway = Gateway(config=config, backends={"up": backend}, store=store)
+    if prepare is not None:
+        prepare(gateway)
+    await gateway.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://wattwise") as client:
+            yield client, upstream, gateway
+    finally:
+        await gateway.stop()
+
+
 @pytest.fixture
 def make_client(store: TraceStore) -> Callable[[Handler], Any]:
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def make(reply: Handler) -> AsyncIterator[tuple[httpx.AsyncClient, Upstream, Gateway]]:
-        upstream = Upstream(reply)
-        backend = OpenAIHTTPBackend(name="up", base_url="http://upstream/v1", upstream_model="gpt-up",
-                                    api_key="sk-secret-key-123456", transport=MockTransport(upstream))
-        config = Config(store=StoreConfig(url=store.url, flush_interval_s=0.01), models={
-            "up": ModelConfig(backend="openai_http", base_url="http://upstream/v1",
-                              price=PriceConfig(input=1.0, output=2.0, cached_input=0.5))})
-        gateway = Gateway(config=config, backends={"up": backend}, store=store)
-        await gateway.start()
-        try:
-            transport = httpx.ASGITransport(app=create_app(gateway))
-            async with httpx.AsyncClient(transport=transport, base_url="http://wattwise") as client:
-                yield client, upstream, gateway
-        finally:
-            await gateway.stop()
-
-    return make
+    return lambda reply: serve_upstream(store, reply)
 
 
 def events(text: str) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ verification evidence and purges; and a Redis that cannot be reached makes reque
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,41 @@ async def test_two_stores_share_entries_index_and_evidence(redis_prefix: str) ->
         found = await b.nearest("key:-", "ctx", np.asarray([1, 0, 0], dtype=np.float32), k=2)
         assert [e.key for e, _ in found] == ["k2"] and "k1" not in b.indexes.part_of
         assert await b.purge(model="other", key_id="nobody") == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_purge_indexes_stay_bounded_and_a_purge_leaves_no_member_behind(redis_prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisStore(url=REDIS_BASE, prefix=redis_prefix)
+    client = aioredis.Redis.from_url(REDIS_BASE)
+    try:
+        gone = entry("old", tag="faq")
+        gone.key_id, gone.expires = "k1", time.time() - 1  # already past its time
+        await store.put(gone, ttl_s=60)
+        for i in range(3):
+            live = entry(f"e{i}", tag="faq")
+            live.key_id = "k1"
+            await store.put(live, ttl_s=60)
+        # the expired member was trimmed by the later writes
+        assert await client.zcard(redis_prefix + "by:tag:faq") == 3
+        assert await store.purge(model="m") == 3
+        for name in ("by:tag:faq", "by:key_id:k1", "by:model:m"):  # every set the entries were in
+            assert await client.zcard(redis_prefix + name) == 0
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_concurrent_syncs_take_each_piece_of_evidence_once(redis_prefix: str) -> None:
+    a = RedisStore(url=REDIS_BASE, prefix=redis_prefix)
+    b = RedisStore(url=REDIS_BASE, prefix=redis_prefix)
+    try:
+        await a.publish(("near", 0.9, True, False))
+        batches = await asyncio.gather(*[b.sync() for _ in range(5)])
+        assert sum(len(batch) for batch in batches) == 1
     finally:
         await a.aclose()
         await b.aclose()

@@ -12,7 +12,8 @@ module), so entries live in Redis and each replica keeps the index in its own me
   seen (``XREAD`` from its last id, :meth:`RedisStore.sync`) before a semantic lookup, one round trip,
   and the first time reads it all, so every replica indexes every replica's entries and learns from
   every verification;
-* ``{prefix}by:{field}:{value}``: sets of entry keys by API key, team, tag and model, for purges.
+* ``{prefix}by:{field}:{value}``: sorted sets of entry keys by API key, team, tag and model, scored by
+  when each entry expires (members past it are trimmed on each write), for purges.
 
 An index row whose entry is gone from Redis (expired, purged, evicted) is dropped when a search
 finds it. Redis errors raise :class:`CacheUnavailable`; the cache then answers ``bypass`` and the
@@ -28,6 +29,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -179,6 +181,7 @@ class RedisStore:
         self._client: Any = None
         self._last = "0-0"
         self._pending: list[Evidence] = []
+        self._reading = asyncio.Lock()  # one log read at a time: concurrent ones would take an item twice
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -207,12 +210,10 @@ class RedisStore:
         try:
             pipe = self._redis().pipeline(transaction=False)
             pipe.set(self.prefix + "e:" + entry.key, entry.to_json(with_vector=False), ex=ttl)
-            for name in PURGE_FIELDS:
-                value = getattr(entry, name)
-                if value is not None:
-                    member = f"{self.prefix}by:{name}:{value}"
-                    pipe.sadd(member, entry.key)
-                    pipe.expire(member, ttl)
+            for member in self._purge_sets(entry):
+                pipe.zadd(member, {entry.key: entry.expires})
+                pipe.zremrangebyscore(member, "-inf", time.time())  # members whose entries have expired
+                pipe.expire(member, ttl)
             if entry.vector is not None:
                 pipe.xadd(self.prefix + "log", {"kind": "entry", "key": entry.key, "ns": entry.namespace,
                                                 "ctx": entry.context, "vec": pack_vector(entry.vector)},
@@ -225,18 +226,23 @@ class RedisStore:
         self.indexes.remove(key)
         await self._do("delete", self.prefix + "e:" + key)
 
+    def _purge_sets(self, entry: Entry) -> list[str]:
+        return [f"{self.prefix}by:{name}:{getattr(entry, name)}" for name in PURGE_FIELDS
+                if getattr(entry, name) is not None]
+
     async def _read_log(self) -> None:
         """Index the entries and take the evidence other replicas announced since the last read."""
-        while True:
-            reply = await self._do("xread", {self.prefix + "log": self._last}, count=10_000)
-            if not reply:
-                break
-            _, items = reply[0]
-            for item_id, data in items:
-                self._last = item_id.decode() if isinstance(item_id, bytes) else item_id
-                self._take({_s(k): _s(v) for k, v in data.items()})
-            if len(items) < 10_000:
-                break
+        async with self._reading:
+            while True:
+                reply = await self._do("xread", {self.prefix + "log": self._last}, count=10_000)
+                if not reply:
+                    break
+                _, items = reply[0]
+                for item_id, data in items:
+                    self._last = item_id.decode() if isinstance(item_id, bytes) else item_id
+                    self._take({_s(k): _s(v) for k, v in data.items()})
+                if len(items) < 10_000:
+                    break
 
     def _take(self, data: dict[str, str]) -> None:
         if data.get("kind") == "entry":
@@ -264,21 +270,26 @@ class RedisStore:
         sets = [f"{self.prefix}by:{name}:{value}" for name, value in chosen.items() if name in PURGE_FIELDS]
         if not sets:
             raise ValueError("a purge names at least one of " + ", ".join(PURGE_FIELDS))
-        members = await self._do("sinter", sets)
-        keys = [_s(m) for m in members]
-        if not keys:
-            return 0
-        if "namespace" in chosen:
-            raws = await self._do("mget", [self.prefix + "e:" + key for key in keys])
-            keys = [key for key, raw in zip(keys, raws, strict=True)
-                    if raw and Entry.from_json(raw).namespace == chosen["namespace"]]
-        for key in keys:
-            self.indexes.remove(key)
-        removed = 0
+        now = time.time()
+        live = [{_s(m) for m in await self._do("zrangebyscore", name, now, "+inf")} for name in sets]
+        keys = sorted(set.intersection(*live))
+        doomed: list[Entry] = []
         for start in range(0, len(keys), 1000):
-            removed += int(await self._do("delete", *[self.prefix + "e:" + key for key in keys[start:start + 1000]]))
-        for name in sets:
-            await self._do("srem", name, *keys)
+            raws = await self._do("mget", [self.prefix + "e:" + key for key in keys[start:start + 1000]])
+            doomed += [Entry.from_json(raw) for raw in raws if raw]
+        doomed = [e for e in doomed if "namespace" not in chosen or e.namespace == chosen["namespace"]]
+        removed = 0
+        for start in range(0, len(doomed), 1000):
+            part = doomed[start:start + 1000]
+            for entry in part:
+                self.indexes.remove(entry.key)
+            removed += int(await self._do("delete", *[self.prefix + "e:" + e.key for e in part]))
+            by_set: dict[str, list[str]] = {}
+            for entry in part:  # out of every set each entry is in, not only the ones filtered on
+                for member in self._purge_sets(entry):
+                    by_set.setdefault(member, []).append(entry.key)
+            for member, members in by_set.items():
+                await self._do("zrem", member, *members)
         return removed
 
     async def publish(self, evidence: Evidence) -> None:

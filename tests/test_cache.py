@@ -4,6 +4,7 @@ stale upstreams, Cache-Control, metering of hits, purges, and semantic hits behi
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,9 @@ from tests.test_passthrough import MSG, TOOL_STREAM, USAGE, Upstream, events, se
 
 from wattwise.api.cache import redacted_url
 from wattwise.backends.transport import MockRequest
+from wattwise.cache.entry import Entry
 from wattwise.cache.key import namespace_of, request_key
+from wattwise.cache.stores import MemoryStore
 from wattwise.config import CacheConfig
 from wattwise.gateway import Gateway
 from wattwise.reports.usage import format_table, summarize
@@ -373,3 +376,39 @@ async def test_embeddings_are_kept_when_configured(cached_gateway: Any) -> None:
             response = await client.post("/v1/embeddings", json=ask_)
             assert response.status_code == 200 and "x-wattwise-cache" not in response.headers
         assert len([b for b in upstream.bodies if b and "input" in b]) == 2
+
+
+def test_auto_requests_are_keyed_by_what_the_router_reads() -> None:
+    def key(body: dict[str, Any]) -> str:
+        return request_key(chat_body(body), namespace="key:-").exact
+
+    auto = {**DET, "model": "auto"}
+    # the router adjusts per application (tag, user): another app may get another model's answer
+    assert key({**auto, "user": "a"}) != key({**auto, "user": "b"})
+    assert key({**auto, "wattwise": {"tag": "a"}}) != key({**auto, "wattwise": {"tag": "b"}})
+    assert key({**auto, "wattwise": {"quality_target": 0.5}}) != key({**auto, "wattwise": {"quality_target": 0.9}})
+    # a named model's answer does not depend on who asks
+    assert key({**DET, "user": "a"}) == key({**DET, "user": "b"})
+
+
+async def test_the_in_process_store_is_bounded_in_bytes() -> None:
+    store = MemoryStore(max_entries=100, max_bytes=1000)
+    for i in range(10):
+        now = time.time()
+        await store.put(Entry(key=f"k{i}", namespace="n", context="c", body={}, model="m", fingerprint="f",
+                              request_id="r", created=now, expires=now + 60, size=300), ttl_s=60)
+    assert len(store) == 3 and store.bytes == 900
+    assert [key for key in store.entries] == ["k7", "k8", "k9"]  # the least recently used went first
+
+
+async def test_an_unreadable_entry_means_bypass_not_a_500(cached_gateway: Any) -> None:
+    async with cached_gateway() as (client, upstream, gateway):
+        assert gateway.cache is not None
+
+        async def broken(key: str) -> Any:
+            raise ValueError("not an entry")
+
+        gateway.cache.store.get = broken  # type: ignore[method-assign]
+        response = await ask(client, gateway, DET)
+        assert response.status_code == 200 and response.headers["x-wattwise-cache"] == "bypass"
+        assert len(chats(upstream)) == 1

@@ -282,12 +282,13 @@ class CacheConfig(_Strict):
     ``default``: what a deterministic request (temperature 0 or a ``seed``) gets when it does not
     say (``wattwise.cache``); other requests are cached only when they ask. ``semantic``: load the
     embedding, guard and thresholds so requests may ask for semantic hits (``default = "semantic"``
-    needs it). ``url``: ``""`` keeps entries in this process (at most ``max_entries``, least recently
-    used evicted); ``redis://…`` shares them between replicas. ``share``: entries belong to the API
-    key (``"key"``), its team (``"team"``) or everyone (``"all"``). ``max_error``: the semantic
+    needs it). ``url``: ``""`` keeps entries in this process (at most ``max_entries`` and
+    ``max_memory_mb`` of them, least recently used evicted); ``redis://…`` shares them between
+    replicas. ``share``: entries belong to the API key (``"key"``), its team (``"team"``) or
+    everyone (``"all"``). ``max_error``: the semantic
     cache's allowed false-hit rate, which its learned thresholds keep to. ``lookup_watts``: the
     power a lookup is assumed to draw, for a hit's estimated energy. ``embeddings``: also keep
-    ``/v1/embeddings`` answers (exact requests only; vectors are large, so mind ``max_entries``).
+    ``/v1/embeddings`` answers (exact requests only; vectors are large).
     """
 
     enabled: bool = True
@@ -297,6 +298,7 @@ class CacheConfig(_Strict):
     prefix: str = "wattwise:cache:"
     timeout_s: float = Field(default=0.5, gt=0)
     max_entries: int = Field(default=10_000, ge=1)
+    max_memory_mb: int = Field(default=256, ge=1)
     max_entry_bytes: int = Field(default=1_000_000, ge=1)
     ttl_s: float = Field(default=86_400.0, gt=0)
     share: Literal["key", "team", "all"] = "key"

@@ -22,7 +22,7 @@ def build_cache(config: Config, *, backends: dict[str, Any], embedder: Any = Non
         return None
     store: CacheStore = (RedisStore(url=spec.url, prefix=spec.prefix, timeout_s=spec.timeout_s,
                                     max_entries=spec.max_entries) if spec.url
-                         else MemoryStore(max_entries=spec.max_entries))
+                         else MemoryStore(max_entries=spec.max_entries, max_bytes=spec.max_memory_mb << 20))
     fingerprints = {name: fingerprint(model) for name, model in config.models.items() if name in backends}
     semantic = None
     if spec.semantic:

@@ -166,6 +166,10 @@ class ResponseCache:
             self._warn(exc)
             plan.status, plan.reason, plan.save = "bypass", "cache unavailable", False
             return None
+        except Exception:  # an unreadable entry (a foreign value under our prefix): never the request's failure
+            log.exception("response cache lookup failed; the request bypasses the cache")
+            plan.status, plan.reason, plan.save = "bypass", "cache lookup failed", False
+            return None
         plan.lookup_s = time.perf_counter() - started
         plan.status = "hit" if hit else "miss"
         if hit is not None:
@@ -223,7 +227,8 @@ class ResponseCache:
                       upstream_model=body.get("model") if isinstance(body.get("model"), str) else None,
                       key_id=getattr(principal, "key_id", None), team=getattr(principal, "team", None), tag=tag,
                       cost_usd=cost_usd, energy_j=energy_j, features=plan.features, vector=plan.vector)
-        if len(entry.to_json(with_vector=False)) > self.config.max_entry_bytes:
+        entry.size = len(entry.to_json(with_vector=False)) + (entry.vector.nbytes if entry.vector is not None else 0)
+        if entry.size > self.config.max_entry_bytes:
             return
         self._spawn(self._remember(plan, entry))
 

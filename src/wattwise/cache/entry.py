@@ -59,6 +59,7 @@ class Entry:
     cost_usd: float | None = None
     energy_j: float | None = None
     features: dict[str, Any] | None = None  # the semantic guard's features of the query text
+    size: int = 0  # bytes of its JSON, for the in-process store's memory bound
     vector: np.ndarray | None = field(default=None, compare=False)
 
     def to_json(self, *, with_vector: bool = True) -> str:

@@ -1,7 +1,8 @@
 """What makes two requests the same request: the cache's canonical key, tenancy and eligibility.
 
 The **exact key** hashes everything that decides the answer: the model asked for (with the
-routing inputs of ``auto``: quality target, cost cap), the messages, and every sampling field the
+routing inputs of ``auto``: quality target, cost cap, and the tag and user its per-application
+adjustment keys on), the messages, and every sampling field the
 client sent (tools, tool choice, response format, temperature, seed, max tokens, stop, logprobs,
 penalties, and fields wattwise does not know, which may matter upstream). Fields that do not change
 the answer are left out: ``stream`` (a streamed hit is replayed), ``stream_options``, ``user``,
@@ -80,7 +81,10 @@ def request_key(body: ChatBody, *, namespace: str) -> RequestKey:
     """The canonical key of ``body`` in ``namespace`` (see the module's docstring)."""
     messages = [m.model_dump(exclude_none=True, by_alias=True) for m in body.messages]
     fields = {k: v for k, v in body.sent().items() if k not in NOT_KEYED}
-    routing = ({"quality_target": body.wattwise.quality_target, "max_cost_usd": body.wattwise.max_cost_usd}
+    # For auto, what the router reads besides the prompt: the dial, and the application key its
+    # per-application adjustment uses (tag, user); the same prompt may go to another model for another app.
+    routing = ({"quality_target": body.wattwise.quality_target, "max_cost_usd": body.wattwise.max_cost_usd,
+                "tag": body.wattwise.tag, "user": body.user}
                if body.model == "auto" or body.model.startswith("auto:") else {})
     base = {"ns": namespace, "model": body.model, "routing": routing, "fields": fields}
     exact = _digest({**base, "messages": messages})

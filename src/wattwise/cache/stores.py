@@ -110,10 +110,13 @@ class _Indexes:
 
 
 class MemoryStore:
-    """This process's cache: at most ``max_entries`` entries, least recently used evicted first."""
+    """This process's cache: at most ``max_entries`` entries and ``max_bytes`` of them (as JSON), least
+    recently used evicted first."""
 
-    def __init__(self, *, max_entries: int = 10_000) -> None:
+    def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 256 << 20) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.indexes = _Indexes(max_rows=max_entries)
 
@@ -131,15 +134,18 @@ class MemoryStore:
         return entry
 
     async def put(self, entry: Entry, *, ttl_s: float) -> None:
+        await self.delete(entry.key)
         self.entries[entry.key] = entry
-        self.entries.move_to_end(entry.key)
+        self.bytes += entry.size
         if entry.vector is not None:
             self.indexes.add(entry.key, entry.namespace, entry.context, entry.vector)
-        while len(self.entries) > self.max_entries:
+        while len(self.entries) > self.max_entries or (self.bytes > self.max_bytes and len(self.entries) > 1):
             await self.delete(next(iter(self.entries)))
 
     async def delete(self, key: str) -> None:
-        self.entries.pop(key, None)
+        gone = self.entries.pop(key, None)
+        if gone is not None:
+            self.bytes -= gone.size
         self.indexes.remove(key)
 
     async def nearest(self, namespace: str, context: str, vector: np.ndarray, *, k: int
@@ -318,7 +324,7 @@ def _s(value: Any) -> str:
 def state_json(store: CacheStore) -> dict[str, Any]:
     """What ``GET /v1/wattwise/cache`` shows of a store."""
     if isinstance(store, MemoryStore):
-        return {"store": "memory", "entries": len(store), "indexed": len(store.indexes)}
+        return {"store": "memory", "entries": len(store), "indexed": len(store.indexes), "bytes": store.bytes}
     assert isinstance(store, RedisStore)
     return {"store": "redis", "indexed": len(store.indexes), "prefix": store.prefix}
 

@@ -85,7 +85,6 @@ class Plan:
     lookup: bool
     save: bool
     status: str = "bypass"
-    reason: str = ""
     vector: np.ndarray | None = None
     features: dict[str, Any] | None = None
     probe: Probe | None = None
@@ -133,26 +132,26 @@ class ResponseCache:
         elif deterministic(body):
             mode = self.config.default
         else:
-            return Plan(mode="off", key=None, lookup=False, save=False, reason="not deterministic")
+            return Plan(mode="off", key=None, lookup=False, save=False)
         if mode == "off":
-            return Plan(mode="off", key=None, lookup=False, save=False, reason="off for this request")
+            return Plan(mode="off", key=None, lookup=False, save=False)
         if body.n != 1:
-            return Plan(mode="off", key=None, lookup=False, save=False, reason="n > 1")
+            return Plan(mode="off", key=None, lookup=False, save=False)
         directives = _directives(cache_control)
         key = request_key(body, namespace=namespace_of(principal, share=self.config.share))
         return Plan(mode=mode, key=key, lookup="no-cache" not in directives and "no-store" not in directives,
-                    save="no-store" not in directives, reason="cache-control" if directives else "")
+                    save="no-store" not in directives)
 
     def plan_payload(self, path: str, data: dict[str, Any], *, principal: Any = None,
                      cache_control: str | None = None) -> Plan:
         """The plan of an ``/embeddings`` request: exact only, when ``[cache] embeddings`` is on
         (an embedding model gives the same vectors for the same input, so no opt-in per request)."""
         if not self.config.embeddings or path != "/embeddings":
-            return Plan(mode="off", key=None, lookup=False, save=False, reason="not cached")
+            return Plan(mode="off", key=None, lookup=False, save=False)
         directives = _directives(cache_control)
         key = payload_key(path, data, namespace=namespace_of(principal, share=self.config.share))
         return Plan(mode="exact", key=key, lookup="no-cache" not in directives and "no-store" not in directives,
-                    save="no-store" not in directives, reason="cache-control" if directives else "")
+                    save="no-store" not in directives)
 
     # -- the lookup ----------------------------------------------------------------------------
 
@@ -164,11 +163,11 @@ class ResponseCache:
             hit = await self._lookup(plan, plan.key)
         except CacheUnavailable as exc:
             self._warn(exc)
-            plan.status, plan.reason, plan.save = "bypass", "cache unavailable", False
+            plan.status, plan.save = "bypass", False
             return None
         except Exception:  # an unreadable entry (a foreign value under our prefix): never the request's failure
             log.exception("response cache lookup failed; the request bypasses the cache")
-            plan.status, plan.reason, plan.save = "bypass", "cache lookup failed", False
+            plan.status, plan.save = "bypass", False
             return None
         plan.lookup_s = time.perf_counter() - started
         plan.status = "hit" if hit else "miss"

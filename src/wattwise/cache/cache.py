@@ -127,15 +127,8 @@ class ResponseCache:
         if asked == "semantic" and self.semantic is None:
             raise InvalidRequest("the semantic cache is not enabled on this gateway ([cache] semantic = false)",
                                  param="wattwise.cache", code="unsupported_value")
-        if asked is not None:
-            mode: Mode = asked
-        elif deterministic(body):
-            mode = self.config.default
-        else:
-            return Plan(mode="off", key=None, lookup=False, save=False)
-        if mode == "off":
-            return Plan(mode="off", key=None, lookup=False, save=False)
-        if body.n != 1:
+        mode: Mode = asked if asked is not None else self.config.default if deterministic(body) else "off"
+        if mode == "off" or body.n != 1:  # n > 1 is never cached
             return Plan(mode="off", key=None, lookup=False, save=False)
         directives = _directives(cache_control)
         key = request_key(body, namespace=namespace_of(principal, share=self.config.share))
